@@ -1,0 +1,1 @@
+"""The HTTP layer: OpenAI wire types, validation, SSE framing and error rendering."""

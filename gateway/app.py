@@ -1,0 +1,44 @@
+"""`create_app`: builds the object graph and the Litestar application around it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from litestar import Litestar
+from litestar.datastructures import State
+
+from gateway import completions, models
+from gateway.errors import render
+from gateway.services import Services
+from konsilium.config import Config
+from model_store.backend import Backend
+from model_store.registry import ModelRegistry
+
+
+def create_app(
+    config: Config,
+    *,
+    backends: Mapping[str, Backend] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Litestar:
+    registry = ModelRegistry(config, backends)
+    services = Services(config=config, registry=registry, clock=clock or time.time)
+    return Litestar(
+        route_handlers=[
+            completions.chat_completions,
+            completions.completions,
+            models.list_models,
+            models.retrieve_model,
+            models.health,
+            models.ready,
+        ],
+        exception_handlers={Exception: render},
+        state=State({"services": services}),
+        on_startup=[registry.start],
+        on_shutdown=[registry.close],
+        request_max_body_size=config.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )

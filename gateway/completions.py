@@ -1,0 +1,84 @@
+"""`POST /v1/chat/completions` and `POST /v1/completions`: one flow for both.
+
+decode + validate → GenerationRequest → route → backend.stream → wait for the first event (so a
+failure before the first byte is a proper HTTP error) → SSE stream, or the assembled JSON.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.response import Stream
+
+from gateway import convert
+from gateway import protocol as p
+from gateway.errors import from_decode_error
+from gateway.framing import ChatResponder, CompletionResponder, Responder
+from gateway.services import Services
+from gateway.sse import collect, sse_stream, unless_disconnected
+from model_store.types import Event, GenerationRequest
+from routing.policy import RouteInput, choose_route
+
+Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
+AnyRequest = Request[Any, Any, Any]
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def decode(request: AnyRequest, decoder: msgspec.json.Decoder[Body]) -> Body:
+    raw = await request.body()
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise from_decode_error(exc) from exc
+
+
+async def respond(
+    request: AnyRequest,
+    body: p.ChatCompletionRequest | p.CompletionRequest,
+    generation: GenerationRequest,
+    make_responder: Callable[[str], Responder],
+) -> Response[bytes] | Stream:
+    services: Services = request.app.state.services
+    registry = services.registry
+    decision = choose_route(RouteInput(model=body.model), registry.models().keys())
+    events: AsyncIterator[Event] = registry.get(decision.target).stream(generation)
+    headers = {"x-konsilium-model": decision.target, "x-request-id": request_id(request)}
+    responder = make_responder(decision.target)
+    try:
+        first = await unless_disconnected(request.receive, anext(events))
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream = sse_stream(responder, first, events, include_usage=include_usage)
+            return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        rest = await unless_disconnected(request.receive, collect(events))
+    except BaseException:
+        await events.aclose()  # type: ignore[attr-defined]
+        raise
+    content = p.encoder.encode(responder.assemble([first, *rest]))
+    return Response(content=content, media_type="application/json", headers=headers)
+
+
+def request_id(request: AnyRequest) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if given.isascii() and 0 < len(given) <= 128 else uuid.uuid4().hex
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
+    body = await decode(request, p.chat_request_decoder)
+    generation = convert.chat_request(body)
+    logprobs = bool(body.logprobs)
+    return await respond(request, body, generation, lambda model: ChatResponder(model, logprobs=logprobs))
+
+
+@post("/v1/completions", status_code=200)
+async def completions(request: AnyRequest) -> Response[bytes] | Stream:
+    body = await decode(request, p.completion_request_decoder)
+    generation = convert.completion_request(body)
+    logprobs = body.logprobs is not None
+    return await respond(request, body, generation, lambda model: CompletionResponder(model, logprobs=logprobs))

@@ -1,0 +1,126 @@
+"""Validated wire requests to backend-neutral `GenerationRequest`s, field by field.
+
+Nothing the client sent reaches a backend unless it is named here; everything that cannot be
+honoured is refused with a 400 that names the parameter.
+"""
+
+from __future__ import annotations
+
+from msgspec import UNSET, UnsetType
+
+from gateway import protocol as p
+from konsilium.errors import InvalidRequestError, UnsupportedParameterError
+from model_store.types import GenerationRequest, JsonOutput, Message, Role, ToolCall, ToolSpec
+
+_ROLES: dict[type[p.ChatMessage], Role] = {
+    p.SystemMessage: "system",
+    p.DeveloperMessage: "system",  # chat templates know no `developer`; it is a system prompt
+    p.UserMessage: "user",
+    p.AssistantMessage: "assistant",
+    p.ToolMessage: "tool",
+}
+
+
+def chat_request(body: p.ChatCompletionRequest) -> GenerationRequest:
+    _require_single_choice(body.n)
+    return GenerationRequest(
+        kind="chat",
+        messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=_stops(body.stop),
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        json_output=_json_output(body.response_format),
+        tools=tuple(_tool(t) for t in body.tools or ()),
+        tool_choice=_tool_choice(body.tool_choice, bool(body.tools)),
+    )
+
+
+def completion_request(body: p.CompletionRequest) -> GenerationRequest:
+    _require_single_choice(body.n)
+    if body.echo:
+        raise UnsupportedParameterError("`echo` is not supported", param="echo")
+    return GenerationRequest(
+        kind="completion",
+        prompt=body.prompt if isinstance(body.prompt, str) else body.prompt[0],
+        suffix=body.suffix or None,
+        max_tokens=body.max_tokens or 16,  # OpenAI's documented default for completions
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=_stops(body.stop),
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        top_logprobs=body.logprobs,
+    )
+
+
+def _require_single_choice(n: int | None) -> None:
+    if n is not None and n != 1:
+        raise UnsupportedParameterError("only n=1 is supported by this gateway's backends", param="n")
+
+
+def _message(message: p.ChatMessage, index: int) -> Message:
+    role = _ROLES[type(message)]
+    content = _text(message.content, f"messages[{index}].content")
+    if isinstance(message, p.ToolMessage):
+        return Message(role=role, content=content, tool_call_id=message.tool_call_id)
+    name = message.name or None
+    if isinstance(message, p.AssistantMessage) and message.tool_calls:
+        calls = tuple(
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in message.tool_calls
+        )
+        return Message(role=role, content=content.strip(), name=name, tool_calls=calls)
+    return Message(role=role, content=content, name=name)
+
+
+def _text(content: p.Content | None, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content:
+        if not isinstance(part, p.TextPart):
+            raise UnsupportedParameterError(
+                f"content parts of type {type(part).__name__} are not supported by local models", param=param
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def _json_output(response_format: p.ResponseFormat | object) -> JsonOutput | None:
+    if isinstance(response_format, p.JsonObjectFormat):
+        return JsonOutput()
+    if isinstance(response_format, p.JsonSchemaFormat):
+        schema = response_format.json_schema.schema
+        return JsonOutput(schema=None if isinstance(schema, UnsetType) else schema)
+    return None
+
+
+def _tool(tool: p.Tool) -> ToolSpec:
+    if isinstance(tool, p.CustomTool):
+        return ToolSpec(name=tool.name, description=tool.description)
+    function = tool.function
+    parameters: dict[str, object] = (
+        {"type": "object", "properties": {}} if isinstance(function.parameters, UnsetType) else function.parameters
+    )
+    return ToolSpec(name=function.name, description=function.description, parameters=parameters)
+
+
+def _tool_choice(choice: p.ToolChoice | object, has_tools: bool) -> str:
+    if choice is UNSET:
+        return "auto" if has_tools else "none"
+    if isinstance(choice, p.NamedToolChoice):
+        if not has_tools:
+            raise InvalidRequestError("tool_choice names a tool but no tools were given", param="tool_choice")
+        return choice.function.name
+    return str(choice)

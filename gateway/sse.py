@@ -1,0 +1,97 @@
+"""Server-sent events exactly as OpenAI frames them, and waiting that notices a client leaving.
+
+A stream is `data: <json>\n\n` frames and a final `data: [DONE]\n\n`; a failure after the first
+byte becomes a `data: {"error": ...}` frame followed by `[DONE]` (what the OpenAI SDK raises as
+`APIError`). Each frame is one line of JSON, since clients parse every `data:` line alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from litestar.types import Receive
+
+from gateway import protocol as p
+from gateway.errors import error_object, to_gateway_error
+from gateway.framing import Responder
+from konsilium.errors import BackendError, GatewayError
+from model_store.types import Event, Finish
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
+
+
+class ClientDisconnectedError(GatewayError):
+    status = 499
+    error_type = "invalid_request_error"
+    default_code = "client_disconnected"
+
+
+def frame(obj: object) -> bytes:
+    return b"data: " + p.encoder.encode(obj) + b"\n\n"
+
+
+async def sse_stream(
+    responder: Responder, first: Event, events: AsyncIterator[Event], *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    try:
+        opening = responder.first()
+        if opening is not None:
+            yield frame(opening)
+        event = first
+        while True:
+            yield frame(responder.chunk(event))
+            if isinstance(event, Finish):
+                if include_usage:
+                    yield frame(responder.usage_chunk(event.usage))
+                break
+            event = await anext(events)
+    except Exception as exc:  # after the first byte every failure becomes an error frame
+        error = ended_early() if isinstance(exc, StopAsyncIteration) else to_gateway_error(exc)
+        log.warning("stream failed after it began: %s", error.message)
+        yield frame(error_object(error))
+    finally:
+        await _close(events)
+    yield DONE
+
+
+async def collect(events: AsyncIterator[Event]) -> list[Event]:
+    collected = [event async for event in events]
+    if not collected or not isinstance(collected[-1], Finish):
+        raise ended_early()
+    return collected
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work`, but cancel it and raise `ClientDisconnectedError` if the client leaves."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise ClientDisconnectedError("the client disconnected")
+    return task.result()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _close(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def ended_early() -> GatewayError:
+    return BackendError("the backend ended the stream without finishing")

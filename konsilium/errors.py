@@ -1,0 +1,107 @@
+"""The one error tree.
+
+Every failure a client can see is a `GatewayError` subclass that knows its OpenAI `type`, its
+string `code`, the `param` it blames and its HTTP status. The gateway renders all of them with
+one handler (`gateway/errors.py`); backends translate foreign exceptions into this tree at their
+edge, so nothing else ever reaches a client.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Base of every client-visible failure; renders as OpenAI's `{"error": {...}}`."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.retry_after = retry_after
+
+
+class InvalidRequestError(GatewayError):
+    """The client sent something we cannot accept: malformed JSON, a wrong type, a bad value."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    """A valid OpenAI parameter that the chosen model or backend cannot honour."""
+
+    default_code = "unsupported_parameter"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class ModelNotFoundError(InvalidRequestError):
+    status = 404
+    default_code = "model_not_found"
+
+
+class NotFoundError(InvalidRequestError):
+    status = 404
+    default_code = "not_found"
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    status = 405
+    default_code = "method_not_allowed"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    status = 413
+    default_code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class BackendError(GatewayError):
+    """A backend failed while serving a request (crash, bad answer, upstream 5xx)."""
+
+    status = 502
+    default_code = "backend_error"
+
+
+class BackendUnavailableError(BackendError):
+    """A backend cannot take requests right now (not loaded, unreachable, loading failed)."""
+
+    status = 503
+    default_code = "model_unavailable"
+
+
+class BackendTimeoutError(BackendError):
+    status = 504
+    default_code = "backend_timeout"
+
+
+class InternalError(GatewayError):
+    """A bug in Konsilium; the message never carries a traceback."""
+
+    status = 500
+    default_code = "internal_error"
+
+
+class ConfigError(Exception):
+    """A configuration or manifest problem, found at start-up; names the file and the field."""

@@ -1,0 +1,55 @@
+"""The one `Backend` protocol every model implementation follows (one module per backend)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
+
+import msgspec
+
+from model_store.types import Event, GenerationRequest
+
+State = Literal["unloaded", "loading", "ready", "unloading", "failed"]
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    """What the gateway may tell clients about a model."""
+
+    id: str
+    owned_by: str
+    created: int
+    context_length: int | None
+    supports_fim: bool = False
+
+
+class Health(msgspec.Struct, frozen=True):
+    state: State
+    ready: bool
+    detail: str = ""
+    pid: int | None = None
+    in_flight: int = 0
+    queued: int = 0
+
+
+class Backend(Protocol):
+    """A model that can generate.
+
+    `stream()` is an async generator: it waits its turn, yields events, and when it is closed
+    early (client gone) it stops the generation and gives the turn away. Errors are
+    `GatewayError`s; a failure before the first event lets a caller fall back.
+    """
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def load(self) -> None: ...
+
+    async def unload(self) -> None: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
+
+    def health(self) -> Health: ...
+
+    def memory_need_mb(self) -> int:
+        """Estimated memory the model takes once loaded (0 for remote backends)."""
+        ...

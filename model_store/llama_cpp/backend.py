@@ -1,0 +1,122 @@
+"""`LlamaCppBackend`: one GGUF model, one worker process, requests served one at a time in FIFO.
+
+The turn (`asyncio.Lock`, which wakes waiters in arrival order) is held from the moment a
+request is sent to the worker until the worker lets go of it, so no request ever interrupts
+another's stream. A consumer that leaves early hands the turn on only when the worker confirms
+the cancel; a consumer that leaves while queued simply stops waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from konsilium.config import LlamaCppModel
+from konsilium.errors import GatewayError
+from model_store.backend import Health, ModelInfo, State
+from model_store.llama_cpp.process import WorkerProcess
+from model_store.types import Event, GenerationRequest
+
+
+class LlamaCppBackend:
+    def __init__(self, config: LlamaCppModel) -> None:
+        self._config = config
+        self._worker: WorkerProcess | None = None
+        self._state: State = "unloaded"
+        self._detail = ""
+        self._turn = asyncio.Lock()
+        self._queued = 0
+        self._load_lock = asyncio.Lock()
+        self._created = int(Path(config.path).stat().st_mtime)
+
+    @property
+    def info(self) -> ModelInfo:
+        ready = self._worker.ready if self._worker else None
+        return ModelInfo(
+            id=self._config.id,
+            owned_by=self._config.owned_by,
+            created=self._created,
+            context_length=ready.n_ctx if ready else self._config.n_ctx,
+            supports_fim=bool(ready and ready.supports_fim),
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.pid if self._worker and self._worker.alive else None
+
+    async def load(self) -> None:
+        async with self._load_lock:
+            if self._worker is not None and self._worker.alive:
+                return
+            if self._worker is not None:  # it died: reap it before starting another
+                await self._worker.stop(grace_s=0.5)
+                self._worker = None
+            self._state = "loading"
+            try:
+                self._worker = await WorkerProcess.spawn(
+                    self._config.id, self._worker_argv(), self._config.load_timeout_s
+                )
+            except GatewayError as exc:
+                self._state, self._detail = "failed", exc.message
+                raise
+            self._state, self._detail = "ready", ""
+
+    async def unload(self) -> None:
+        async with self._load_lock:
+            if self._worker is None:
+                return
+            self._state = "unloading"
+            await self._worker.stop()
+            self._worker, self._state = None, "unloaded"
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self._queued += 1
+        try:
+            await self._turn.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            await self.load()
+            assert self._worker is not None
+            worker = self._worker
+            request_id, inbox = worker.submit(request)
+        except BaseException:
+            self._turn.release()
+            raise
+        finished = False
+        try:
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, GatewayError):
+                    finished = True
+                    raise item
+                yield item
+            finished = True
+        finally:
+            if finished:
+                self._turn.release()
+            else:
+                worker.abandon(request_id, self._turn.release)
+
+    def health(self) -> Health:
+        alive = self._worker is not None and self._worker.alive
+        crashed = self._state == "ready" and not alive  # restarts on the next request
+        return Health(
+            state="unloaded" if crashed else self._state,
+            ready=alive,
+            detail="worker exited; it restarts on the next request" if crashed else self._detail,
+            pid=self.pid,
+            in_flight=int(self._turn.locked()),
+            queued=self._queued,
+        )
+
+    def memory_need_mb(self) -> int:
+        return max(1, Path(self._config.path).stat().st_size // (1024 * 1024))
+
+    def _worker_argv(self) -> list[str]:
+        c = self._config
+        argv = [
+            "--path", c.path, "--n-ctx", str(c.n_ctx), "--n-threads", str(c.n_threads),
+            "--n-batch", str(c.n_batch), "--n-gpu-layers", str(c.n_gpu_layers),
+        ]  # fmt: skip
+        return [*argv, "--logits-all"] if c.logits_all else argv
