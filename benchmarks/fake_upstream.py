@@ -174,7 +174,11 @@ async def read_request(reader: asyncio.StreamReader) -> _Request | None:
     return _Request(method, target.split("?", 1)[0], keep_alive, body)
 
 
-async def _write_stream(writer: asyncio.StreamWriter, frames: list[bytes], keep_alive: bool) -> None:
+async def _write_stream(
+    writer: asyncio.StreamWriter,
+    frames: list[bytes],
+    keep_alive: bool,
+) -> None:
     """Send SSE frames, one HTTP chunk each, draining as we go like a real token stream."""
     headers = [
         ("Content-Type", "text/event-stream"),
@@ -228,7 +232,11 @@ async def _answer(writer: asyncio.StreamWriter, req: _Request, chunks: int) -> N
     await writer.drain()
 
 
-async def _handle_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunks: int) -> None:
+async def _handle_connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    chunks: int,
+) -> None:
     """Serve requests on one keep-alive connection until the client closes it."""
     try:
         for _ in range(MAX_REQUESTS_PER_CONNECTION):

@@ -6,6 +6,7 @@ failure before the first byte is a proper HTTP error) → SSE stream, or the ass
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from routing.policy import RouteInput, choose_route
 Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
 AnyRequest = Request[Any, Any, Any]
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -65,7 +67,7 @@ async def respond(
 
 def request_id(request: AnyRequest) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if given.isascii() and 0 < len(given) <= 128 else uuid.uuid4().hex
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 @post("/v1/chat/completions", status_code=200)

@@ -6,6 +6,8 @@ honoured is refused with a 400 that names the parameter.
 
 from __future__ import annotations
 
+from typing import Any
+
 from msgspec import UNSET, UnsetType
 
 from gateway import protocol as p
@@ -27,16 +29,11 @@ def chat_request(body: p.ChatCompletionRequest) -> GenerationRequest:
         kind="chat",
         messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
         max_tokens=body.max_completion_tokens or body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=_stops(body.stop),
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         json_output=_json_output(body.response_format),
         tools=tuple(_tool(t) for t in body.tools or ()),
         tool_choice=_tool_choice(body.tool_choice, bool(body.tools)),
+        **_sampling(body),
     )
 
 
@@ -49,14 +46,21 @@ def completion_request(body: p.CompletionRequest) -> GenerationRequest:
         prompt=body.prompt if isinstance(body.prompt, str) else body.prompt[0],
         suffix=body.suffix or None,
         max_tokens=body.max_tokens or 16,  # OpenAI's documented default for completions
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=_stops(body.stop),
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
         top_logprobs=body.logprobs,
+        **_sampling(body),
     )
+
+
+def _sampling(body: p.ChatCompletionRequest | p.CompletionRequest) -> dict[str, Any]:
+    """The sampling fields both endpoints share, already bounded by the wire types."""
+    return {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": _stops(body.stop),
+        "seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+    }
 
 
 def _require_single_choice(n: int | None) -> None:

@@ -54,12 +54,20 @@ def _token_logprobs(logprobs: Sequence[TokenLogprob]) -> list[p.TokenLogprob]:
     ]
 
 
-class ChatResponder:
+class _Identity:
+    """What every object of one response shares: its id, creation time and model name."""
+
+    id_prefix = ""
+
     def __init__(self, model: str, *, logprobs: bool) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
         self._logprobs = logprobs
+
+
+class ChatResponder(_Identity):
+    id_prefix = "chatcmpl"
 
     def _chunk(self, delta: p.ChunkDelta, **choice: Any) -> p.ChatCompletionChunk:
         return p.ChatCompletionChunk(
@@ -109,12 +117,8 @@ class ChatResponder:
         )
 
 
-class CompletionResponder:
-    def __init__(self, model: str, *, logprobs: bool) -> None:
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-        self._logprobs = logprobs
+class CompletionResponder(_Identity):
+    id_prefix = "cmpl"
 
     def _object(self, text: str, logprobs: Sequence[TokenLogprob], finish_reason: str | None) -> p.TextCompletion:
         choice = p.CompletionChoice(

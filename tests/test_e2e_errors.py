@@ -38,7 +38,7 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
         (
             b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}',
             "max_tokens",
-            "Expected `int`",
+            "Expected `int | null`, got `str`",
         ),
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens", ">= 1"),
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}', "top_p", "<= 1.0"),
