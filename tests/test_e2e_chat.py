@@ -63,6 +63,17 @@ def test_temperature_zero_is_deterministic(client: openai.OpenAI) -> None:
     assert ask() == ask()
 
 
+def test_seed_makes_sampling_repeatable(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str | None:
+        reply = client.chat.completions.create(
+            model=MODEL_ID, messages=HELLO, temperature=1.5, max_tokens=24, seed=seed
+        )  # type: ignore[arg-type]
+        return reply.choices[0].message.content
+
+    assert sample(-(2**40)) == sample(-(2**40))  # any int64 is accepted, as OpenAI does
+    assert len({sample(seed) for seed in (1, 2, 3)}) > 1, "different seeds should sample differently"
+
+
 def test_stream_framing_is_openais(server: Server) -> None:
     body = {"model": MODEL_ID, "messages": HELLO, "temperature": 0, "max_tokens": 12, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip

@@ -97,7 +97,8 @@ class Generator:
             )
         tool = _tool_mode(request)
         grammar = _grammar(request, tool)
-        self._llm.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
+        seed = request.seed if request.seed is not None else random.getrandbits(32)
+        self._llm.set_seed(seed & 0xFFFFFFFF)  # llama.cpp seeds are uint32; OpenAI allows int64
         tokens = self._llm.generate(
             prompt,
             grammar=grammar,
