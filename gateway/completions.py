@@ -52,17 +52,17 @@ async def respond(
     headers = {"x-konsilium-model": decision.target, "x-request-id": request_id(request)}
     responder = make_responder(decision.target)
     try:
+        if not body.stream:
+            collected = await unless_disconnected(request.receive, collect(events))
+            content = p.encoder.encode(responder.assemble(collected))
+            return Response(content=content, media_type="application/json", headers=headers)
         first = await unless_disconnected(request.receive, anext(events))
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            stream = sse_stream(responder, first, events, include_usage=include_usage)
-            return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
-        rest = await unless_disconnected(request.receive, collect(events))
     except BaseException:
         await events.aclose()  # type: ignore[attr-defined]
         raise
-    content = p.encoder.encode(responder.assemble([first, *rest]))
-    return Response(content=content, media_type="application/json", headers=headers)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    stream = sse_stream(responder, first, events, include_usage=include_usage)
+    return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
 def request_id(request: AnyRequest) -> str:

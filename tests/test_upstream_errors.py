@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp.client_exceptions import UnixClientConnectorError
+from aiohttp.client_reqrep import ConnectionKey
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from konsilium.errors import (
     BackendError,
@@ -17,31 +21,43 @@ from konsilium.errors import (
 from model_store.openai.errors import parse_error_body, translate_status, translate_transport_error
 
 
-def _subclasses(cls: type[httpx.HTTPError]) -> list[type[httpx.HTTPError]]:
+def _subclasses(cls: type[aiohttp.ClientError]) -> list[type[aiohttp.ClientError]]:
     found = []
     for sub in cls.__subclasses__():
         found += [sub, *_subclasses(sub)]
-    return found
+    return list(dict.fromkeys(found))
 
 
-def _instance(cls: type[httpx.HTTPError]) -> httpx.HTTPError:
-    if issubclass(cls, httpx.HTTPStatusError):
-        request = httpx.Request("GET", "http://127.0.0.1/")
-        return cls("boom", request=request, response=httpx.Response(500, request=request))
+KEY = ConnectionKey("127.0.0.1", 9, False, True, None, None, None)
+REQUEST = aiohttp.RequestInfo(URL("http://127.0.0.1:9/v1"), "POST", CIMultiDictProxy(CIMultiDict()))
+
+
+def _instance(cls: type[aiohttp.ClientError]) -> aiohttp.ClientError:
+    """Each class built the way aiohttp itself raises it."""
+    if issubclass(cls, UnixClientConnectorError):
+        return cls("/run/upstream.sock", KEY, OSError(2, "No such file"))
+    if issubclass(cls, aiohttp.ClientConnectorCertificateError):
+        return cls(KEY, ValueError("bad certificate"))
+    if issubclass(cls, aiohttp.ClientConnectorError):
+        return cls(KEY, OSError(111, "Connection refused"))
+    if issubclass(cls, aiohttp.ClientResponseError):
+        return cls(REQUEST, (), status=500, message="boom")
+    if issubclass(cls, aiohttp.ServerFingerprintMismatch):
+        return cls(b"a", b"b", "127.0.0.1", 9)
     return cls("boom")
 
 
-ALL_HTTPX_ERRORS = _subclasses(httpx.HTTPError)
+ALL_AIOHTTP_ERRORS = _subclasses(aiohttp.ClientError)
 
 
-def test_the_walk_finds_the_whole_httpx_hierarchy() -> None:
-    assert {httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.HTTPStatusError} <= set(
-        ALL_HTTPX_ERRORS
-    )
+def test_the_walk_finds_the_whole_aiohttp_hierarchy() -> None:
+    expected = {aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.SocketTimeoutError,
+                aiohttp.ClientPayloadError, aiohttp.ClientResponseError}  # fmt: skip
+    assert expected <= set(ALL_AIOHTTP_ERRORS)
 
 
-@pytest.mark.parametrize("cls", ALL_HTTPX_ERRORS, ids=lambda c: c.__name__)
-def test_every_httpx_error_is_translated(cls: type[httpx.HTTPError]) -> None:
+@pytest.mark.parametrize("cls", ALL_AIOHTTP_ERRORS, ids=lambda c: c.__name__)
+def test_every_aiohttp_error_is_translated(cls: type[aiohttp.ClientError]) -> None:
     error = translate_transport_error(_instance(cls), "http://127.0.0.1:9/v1")
     assert isinstance(error, GatewayError)
     assert error.status >= 500
@@ -50,18 +66,21 @@ def test_every_httpx_error_is_translated(cls: type[httpx.HTTPError]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "expected"),
+    ("exc", "expected"),
     [
-        (httpx.ConnectError, BackendUnavailableError),
-        (httpx.ConnectTimeout, BackendUnavailableError),
-        (httpx.ReadTimeout, BackendTimeoutError),
-        (httpx.PoolTimeout, BackendTimeoutError),
-        (httpx.RemoteProtocolError, BackendError),
-        (httpx.ReadError, BackendError),
+        (_instance(aiohttp.ClientConnectorError), BackendUnavailableError),
+        (aiohttp.ConnectionTimeoutError("connect"), BackendUnavailableError),
+        (aiohttp.SocketTimeoutError("read"), BackendTimeoutError),
+        (TimeoutError(), BackendTimeoutError),
+        (aiohttp.ServerDisconnectedError(), BackendError),
+        (aiohttp.ClientPayloadError("truncated"), BackendError),
     ],
+    ids=lambda x: type(x).__name__,
 )
-def test_transport_errors_map_to_statuses(cls: type[httpx.HTTPError], expected: type[GatewayError]) -> None:
-    assert type(translate_transport_error(cls("x"), "u")) is expected
+def test_transport_errors_map_to_statuses(
+    exc: aiohttp.ClientError | TimeoutError, expected: type[GatewayError]
+) -> None:
+    assert type(translate_transport_error(exc, "u")) is expected
 
 
 VLLM_BODY = (

@@ -3,16 +3,21 @@
 Upstream is always asked to stream (with usage); non-streaming answers are assembled by the
 gateway from the same events, in one place. The API key is read from the environment variable
 the config names, at load time, and never logged.
+
+The client is aiohttp: measured against the fake upstream in `benchmarks/`, it costs about
+0.3 ms of CPU per streamed request where httpx costs about 1 ms, and the gateway's whole budget
+per proxied request is 1 ms.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import get_args
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from konsilium.config import OpenAIModel
 from konsilium.errors import BackendError, BackendUnavailableError, UnsupportedParameterError
@@ -31,17 +36,22 @@ from model_store.types import (
 )
 
 _FINISH_REASONS: frozenset[str] = frozenset(get_args(FinishReason))
+_JSON = {"content-type": "application/json"}
+_MAX_LINE = 8 * 1024 * 1024  # one SSE line (a chunk) may carry long tool arguments or logprobs
 
 
 class OpenAIBackend:
-    def __init__(self, config: OpenAIModel, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: OpenAIModel) -> None:
         self._config = config
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._state: State = "unloaded"
         self._detail = ""
         self._created = int(time.time())
         self._upstream = config.url.rstrip("/")
+        self._urls = {
+            "chat": URL(f"{self._upstream}/chat/completions"),
+            "completion": URL(f"{self._upstream}/completions"),
+        }
 
     @property
     def info(self) -> ModelInfo:
@@ -53,7 +63,7 @@ class OpenAIBackend:
         )
 
     async def load(self) -> None:
-        if self._client is not None:
+        if self._session is not None:
             return
         headers = {"user-agent": "konsilium"}
         if self._config.api_key_env:
@@ -62,19 +72,21 @@ class OpenAIBackend:
                 self._state, self._detail = "failed", f"environment variable {self._config.api_key_env} is not set"
                 raise BackendUnavailableError(f"model {self._config.id!r}: {self._detail}")
             headers["authorization"] = f"Bearer {key}"
-        timeout = httpx.Timeout(self._config.read_timeout_s, connect=self._config.connect_timeout_s)
-        self._client = httpx.AsyncClient(
-            base_url=self._upstream, headers=headers, timeout=timeout, transport=self._transport
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._config.connect_timeout_s, sock_read=self._config.read_timeout_s
+        )
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=timeout, read_bufsize=_MAX_LINE, trust_env=False, auto_decompress=True
         )
         self._state, self._detail = "ready", ""
 
     async def unload(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-        self._client, self._state = None, "unloaded"
+        if self._session is not None:
+            await self._session.close()
+        self._session, self._state = None, "unloaded"
 
     def health(self) -> Health:
-        return Health(state=self._state, ready=self._client is not None, detail=self._detail)
+        return Health(state=self._state, ready=self._session is not None, detail=self._detail)
 
     def memory_need_mb(self) -> int:
         return 0
@@ -83,34 +95,37 @@ class OpenAIBackend:
         if request.kind == "completion" and request.top_logprobs is not None:
             raise UnsupportedParameterError("logprobs are not relayed for text completions", param="logprobs")
         await self.load()
-        assert self._client is not None
-        path = "/chat/completions" if request.kind == "chat" else "/completions"
+        assert self._session is not None
         body = wire.request_body(request, self._config.upstream_model or self._config.id)
         try:
-            async with self._client.stream(
-                "POST", path, content=body, headers={"content-type": "application/json"}
-            ) as response:
-                if response.status_code >= 400:
-                    raw = await response.aread()
-                    raise translate_status(
-                        response.status_code, raw, response.headers.get("retry-after"), self._upstream
-                    )
-                async for event in _events(response.aiter_lines(), self._upstream):
+            async with self._session.post(self._urls[request.kind], data=body, headers=_JSON) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    raise translate_status(response.status, raw, response.headers.get("retry-after"), self._upstream)
+                async for event in _events(response.content, self._upstream):
                     yield event
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_transport_error(exc, self._upstream) from exc
+        except ValueError as exc:  # aiohttp's readline: a line over twice `read_bufsize`
+            raise BackendError(f"upstream {self._upstream} sent an unreadable response: {exc}") from exc
 
 
-async def _events(lines: AsyncIterator[str], upstream: str) -> AsyncIterator[Event]:
-    """SSE `data:` lines to events; the Finish waits for the usage chunk that may follow."""
+async def _events(lines: AsyncIterable[bytes], upstream: str) -> AsyncIterator[Event]:
+    """SSE `data:` lines to events; the Finish waits for the usage chunk that may follow.
+
+    The body is read to its end even after `[DONE]`: a response left unread cannot go back to
+    the connection pool, and every request would pay for a new upstream connection.
+    """
     reason: FinishReason | None = None
     usage = Usage(prompt_tokens=0, completion_tokens=0)
+    done = False
     async for line in lines:
-        if not line.startswith("data:"):
-            continue  # comments, `event:` lines, blank separators
+        if done or not line.startswith(b"data:"):
+            continue  # comments, `event:` lines, blank separators, anything after [DONE]
         data = line[5:].strip()
-        if data == "[DONE]":
-            break
+        if data == b"[DONE]":
+            done = True
+            continue
         chunk = _decode(data, upstream)
         if chunk.usage is not None:
             usage = Usage(prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens)
@@ -124,7 +139,7 @@ async def _events(lines: AsyncIterator[str], upstream: str) -> AsyncIterator[Eve
     yield Finish(reason=reason, usage=usage)
 
 
-def _decode(data: str, upstream: str) -> wire.Chunk:
+def _decode(data: bytes, upstream: str) -> wire.Chunk:
     try:
         chunk = wire.chunk_decoder.decode(data)
     except ValueError as exc:

@@ -1,14 +1,15 @@
-"""Translate what an upstream server or httpx throws into the gateway's error tree.
+"""Translate what an upstream server or aiohttp throws into the gateway's error tree.
 
-Every `httpx.HTTPError` subclass maps to a `GatewayError` (a test walks the whole hierarchy, as
-httpx's own `map_httpcore_exceptions` test does), and every upstream error body — OpenAI's
+Every `aiohttp.ClientError` subclass (and the `TimeoutError`s its timeouts raise) maps to a
+`GatewayError` — a test walks the whole hierarchy, as httpx's own `map_httpcore_exceptions`
+test does — and every upstream error body — OpenAI's
 `{"error": {...}}`, vLLM's `{"object": "error", "code": 400, "type": "BadRequestError"}`, or
 plain text — becomes OpenAI's shape with a string code.
 """
 
 from __future__ import annotations
 
-import httpx
+import aiohttp
 import msgspec
 
 from konsilium.errors import (
@@ -39,10 +40,10 @@ _openai_body = msgspec.json.Decoder(_OpenAIErrorBody)
 _flat_body = msgspec.json.Decoder(UpstreamError)
 
 
-def translate_transport_error(exc: httpx.HTTPError, upstream: str) -> GatewayError:
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+def translate_transport_error(exc: aiohttp.ClientError | TimeoutError, upstream: str) -> GatewayError:
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
         return BackendUnavailableError(f"upstream {upstream} is unreachable: {_describe(exc)}", retry_after=1)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return BackendTimeoutError(f"upstream {upstream} timed out: {_describe(exc)}")
     return BackendError(f"upstream {upstream} failed: {_describe(exc)}")
 
@@ -79,8 +80,9 @@ def _clip(error: UpstreamError) -> UpstreamError:
     return msgspec.structs.replace(error, message=error.message[:MAX_MESSAGE])
 
 
-def _describe(exc: httpx.HTTPError) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _seconds(value: str | None) -> int:
