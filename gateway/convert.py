@@ -27,6 +27,7 @@ def chat_request(body: p.ChatCompletionRequest) -> GenerationRequest:
     _require_single_choice(body.n)
     return GenerationRequest(
         kind="chat",
+        stream=bool(body.stream),
         messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
@@ -43,6 +44,7 @@ def completion_request(body: p.CompletionRequest) -> GenerationRequest:
         raise UnsupportedParameterError("`echo` is not supported", param="echo")
     return GenerationRequest(
         kind="completion",
+        stream=bool(body.stream),
         prompt=body.prompt if isinstance(body.prompt, str) else body.prompt[0],
         suffix=body.suffix or None,
         max_tokens=body.max_tokens or 16,  # OpenAI's documented default for completions

@@ -47,6 +47,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     """What to generate. `messages` for chat, `prompt` (+ `suffix`) for text completion."""
 
     kind: Literal["chat", "completion"]
+    stream: bool = True  # False: the consumer wants the whole answer at once (a backend may use it)
     messages: tuple[Message, ...] = ()
     prompt: str = ""
     suffix: str | None = None

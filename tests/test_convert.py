@@ -76,6 +76,7 @@ def test_unknown_fields_are_dropped_and_known_ones_kept() -> None:
     )
     assert request == GenerationRequest(
         kind="chat",
+        stream=False,
         messages=(Message(role="user", content="hi"),),
         max_tokens=5,
         temperature=0.0,

@@ -65,13 +65,15 @@ def test_stream_is_relayed_with_usage(via_proxy: openai.OpenAI, client: openai.O
 def test_tool_calls_are_relayed(via_proxy: openai.OpenAI) -> None:
     fruit = {"type": "object", "properties": {"fruit": {"type": "string", "maxLength": 20}}, "required": ["fruit"]}
     tool: Any = {"type": "function", "function": {"name": "pick", "parameters": fruit}}
-    reply = via_proxy.chat.completions.create(
-        model=PROXIED, tools=[tool], tool_choice={"type": "function", "function": {"name": "pick"}}, **ASK
-    )
-    [call] = reply.choices[0].message.tool_calls or []
-    assert call.function.name == "pick"  # type: ignore[union-attr]
-    assert "fruit" in json.loads(call.function.arguments)  # type: ignore[union-attr]
-    assert reply.choices[0].finish_reason == "tool_calls"
+    choice: Any = {"type": "function", "function": {"name": "pick"}}
+    whole = via_proxy.chat.completions.create(model=PROXIED, tools=[tool], tool_choice=choice, **ASK)
+    with via_proxy.chat.completions.stream(model=PROXIED, tools=[tool], tool_choice=choice, **ASK) as stream:
+        streamed = stream.get_final_completion()
+    for reply in (whole, streamed):
+        [call] = reply.choices[0].message.tool_calls or []
+        assert call.function.name == "pick"  # type: ignore[union-attr]
+        assert "fruit" in json.loads(call.function.arguments)  # type: ignore[union-attr]
+        assert reply.choices[0].finish_reason == "tool_calls"
 
 
 def test_text_completions_are_relayed(via_proxy: openai.OpenAI, client: openai.OpenAI) -> None:

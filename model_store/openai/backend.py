@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import get_args
+from typing import cast, get_args
 
 import aiohttp
 from yarl import URL
@@ -102,8 +102,12 @@ class OpenAIBackend:
                 if response.status >= 400:
                     raw = await response.read()
                     raise translate_status(response.status, raw, response.headers.get("retry-after"), self._upstream)
-                async for event in _events(response.content, self._upstream):
-                    yield event
+                if request.stream:
+                    async for event in _events(response.content, self._upstream):
+                        yield event
+                else:
+                    for event in _whole(await response.read(), self._upstream):
+                        yield event
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_transport_error(exc, self._upstream) from exc
         except ValueError as exc:  # aiohttp's readline: a line over twice `read_bufsize`
@@ -128,15 +132,34 @@ async def _events(lines: AsyncIterable[bytes], upstream: str) -> AsyncIterator[E
             continue
         chunk = _decode(data, upstream)
         if chunk.usage is not None:
-            usage = Usage(prompt_tokens=chunk.usage.prompt_tokens, completion_tokens=chunk.usage.completion_tokens)
+            usage = _usage(chunk.usage)
         for choice in chunk.choices[:1]:
             for event in _choice_events(choice):
                 yield event
             if choice.finish_reason is not None:
-                reason = choice.finish_reason if choice.finish_reason in _FINISH_REASONS else "stop"  # type: ignore[assignment]
+                reason = _finish_reason(choice.finish_reason)
     if reason is None:
         raise BackendError(f"upstream {upstream} ended the stream before a finish_reason")
     yield Finish(reason=reason, usage=usage)
+
+
+def _whole(body: bytes, upstream: str) -> list[Event]:
+    """A non-streaming upstream answer as the same events a stream would have produced."""
+    response = _decode(body, upstream)
+    if not response.choices or response.choices[0].finish_reason is None:
+        raise BackendError(f"upstream {upstream} answered without a finished choice")
+    choice = response.choices[0]
+    finish = Finish(reason=_finish_reason(choice.finish_reason), usage=_usage(response.usage or wire.UsageBody()))
+    return [*_choice_events(choice), finish]
+
+
+def _finish_reason(value: str | None) -> FinishReason:
+    """Upstreams also say `content_filter` or `function_call`; clients get what OpenAI documents."""
+    return cast(FinishReason, value) if value in _FINISH_REASONS else "stop"
+
+
+def _usage(usage: wire.UsageBody) -> Usage:
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
 
 
 def _decode(data: bytes, upstream: str) -> wire.Chunk:
@@ -151,14 +174,14 @@ def _decode(data: bytes, upstream: str) -> wire.Chunk:
 
 def _choice_events(choice: wire.Choice) -> list[Event]:
     events: list[Event] = []
-    text = choice.delta.content if choice.delta is not None else choice.text
+    message = choice.delta or choice.message
+    text = message.content if message is not None else choice.text
     if text:
         events.append(TextDelta(text=text, logprobs=_logprobs(choice.logprobs)))
-    for piece in (choice.delta.tool_calls or []) if choice.delta is not None else []:
+    for position, piece in enumerate(message.tool_calls or [] if message is not None else []):
         function = piece.function or wire.FunctionDelta()
-        events.append(
-            ToolCallDelta(index=piece.index, id=piece.id, name=function.name, arguments=function.arguments or "")
-        )
+        index = position if piece.index is None else piece.index
+        events.append(ToolCallDelta(index=index, id=piece.id, name=function.name, arguments=function.arguments or ""))
     return events
 
 

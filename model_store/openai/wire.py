@@ -17,7 +17,7 @@ class FunctionDelta(msgspec.Struct):
 
 
 class ToolCallPiece(msgspec.Struct):
-    index: int = 0
+    index: int | None = None  # present in stream deltas; a whole message's calls go by position
     id: str | None = None
     function: FunctionDelta | None = None
 
@@ -45,6 +45,7 @@ class ChoiceLogprobs(msgspec.Struct):
 class Choice(msgspec.Struct):
     index: int = 0
     delta: Delta | None = None
+    message: Delta | None = None
     text: str | None = None
     finish_reason: str | None = None
     logprobs: ChoiceLogprobs | None = None
@@ -60,6 +61,8 @@ class ErrorBody(msgspec.Struct):
 
 
 class Chunk(msgspec.Struct):
+    """A stream chunk or a whole (non-streaming) response: they share this much shape."""
+
     choices: list[Choice] = []
     usage: UsageBody | None = None
     error: ErrorBody | None = None
@@ -70,7 +73,9 @@ _encoder = msgspec.json.Encoder()
 
 
 def request_body(request: GenerationRequest, model: str) -> bytes:
-    body: dict[str, object] = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
+    body: dict[str, object] = {"model": model, "stream": request.stream}
+    if request.stream:
+        body["stream_options"] = {"include_usage": True}
     if request.kind == "chat":
         body["messages"] = [message_dict(m) for m in request.messages]
     else:
