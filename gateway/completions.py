@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -21,7 +21,7 @@ from gateway.errors import from_decode_error
 from gateway.framing import ChatResponder, CompletionResponder, Responder
 from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
-from model_store.types import Event, GenerationRequest
+from model_store.types import GenerationRequest
 from routing.policy import RouteInput, choose_route
 
 Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
@@ -48,7 +48,7 @@ async def respond(
     services: Services = request.app.state.services
     registry = services.registry
     decision = choose_route(RouteInput(model=body.model), registry.models().keys())
-    events: AsyncIterator[Event] = registry.get(decision.target).stream(generation)
+    events = registry.get(decision.target).stream(generation)
     headers = {"x-konsilium-model": decision.target, "x-request-id": request_id(request)}
     responder = make_responder(decision.target)
     try:
@@ -58,7 +58,7 @@ async def respond(
             return Response(content=content, media_type="application/json", headers=headers)
         first = await unless_disconnected(request.receive, anext(events))
     except BaseException:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
         raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     stream = sse_stream(responder, first, events, include_usage=include_usage)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 from litestar.types import Receive
@@ -17,7 +17,7 @@ from litestar.types import Receive
 from gateway import protocol as p
 from gateway.errors import error_object, to_gateway_error
 from gateway.framing import Responder
-from konsilium.errors import BackendError, GatewayError
+from konsilium.errors import BackendError, ClientDisconnectedError, GatewayError
 from model_store.types import Event, Finish
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,12 @@ DONE = b"data: [DONE]\n\n"
 T = TypeVar("T")
 
 
-class ClientDisconnectedError(GatewayError):
-    status = 499
-    error_type = "invalid_request_error"
-    default_code = "client_disconnected"
-
-
 def frame(obj: object) -> bytes:
     return b"data: " + p.encoder.encode(obj) + b"\n\n"
 
 
 async def sse_stream(
-    responder: Responder, first: Event, events: AsyncIterator[Event], *, include_usage: bool
+    responder: Responder, first: Event, events: AsyncGenerator[Event, None], *, include_usage: bool
 ) -> AsyncIterator[bytes]:
     try:
         opening = responder.first()
@@ -56,7 +50,7 @@ async def sse_stream(
         log.warning("stream failed after it began: %s", error.message)
         yield frame(error_object(error))
     finally:
-        await _close(events)
+        await events.aclose()
     yield DONE
 
 
@@ -85,12 +79,6 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _close(events: AsyncIterator[Event]) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def ended_early() -> GatewayError:

@@ -71,6 +71,13 @@ class RequestTooLargeError(InvalidRequestError):
     default_code = "request_too_large"
 
 
+class ClientDisconnectedError(InvalidRequestError):
+    """The client left before its answer was ready; nobody reads the rendered body (nginx's 499)."""
+
+    status = 499
+    default_code = "client_disconnected"
+
+
 class RateLimitError(GatewayError):
     status = 429
     error_type = "rate_limit_error"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Literal, Protocol
 
 import msgspec
@@ -46,7 +46,7 @@ class Backend(Protocol):
 
     async def unload(self) -> None: ...
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Event]: ...
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
 
     def health(self) -> Health: ...
 

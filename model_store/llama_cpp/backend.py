@@ -9,7 +9,7 @@ the cancel; a consumer that leaves while queued simply stops waiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from konsilium.config import LlamaCppModel
@@ -70,7 +70,7 @@ class LlamaCppBackend:
             await self._worker.stop()
             self._worker, self._state = None, "unloaded"
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         self._queued += 1
         try:
             await self._turn.acquire()

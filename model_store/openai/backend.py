@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import cast, get_args
 
 import aiohttp
@@ -91,7 +91,7 @@ class OpenAIBackend:
     def memory_need_mb(self) -> int:
         return 0
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         if request.kind == "completion" and request.top_logprobs is not None:
             raise UnsupportedParameterError("logprobs are not relayed for text completions", param="logprobs")
         await self.load()
