@@ -13,7 +13,7 @@ from gateway.errors import render
 from gateway.services import Services
 from konsilium.config import Config
 from model_store.backend import Backend
-from model_store.registry import ModelRegistry
+from model_store.store import ModelStore
 
 
 def create_app(
@@ -22,8 +22,8 @@ def create_app(
     backends: Mapping[str, Backend] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Litestar:
-    registry = ModelRegistry(config, backends)
-    services = Services(config=config, registry=registry, clock=clock or time.time)
+    store = ModelStore(config, backends, clock=clock or time.monotonic)
+    services = Services(config=config, store=store)
     return Litestar(
         route_handlers=[
             completions.chat_completions,
@@ -35,8 +35,8 @@ def create_app(
         ],
         exception_handlers={Exception: render},
         state=State({"services": services}),
-        on_startup=[registry.start],
-        on_shutdown=[registry.close],
+        on_startup=[store.start],
+        on_shutdown=[store.close],
         request_max_body_size=config.max_body_bytes,
         openapi_config=None,
         logging_config=None,

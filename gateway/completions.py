@@ -46,9 +46,9 @@ async def respond(
     make_responder: Callable[[str], Responder],
 ) -> Response[bytes] | Stream:
     services: Services = request.app.state.services
-    registry = services.registry
-    decision = choose_route(RouteInput(model=body.model), registry.models().keys())
-    events = registry.get(decision.target).stream(generation)
+    store = services.store
+    decision = choose_route(RouteInput(model=body.model), [e.id for e in store.entries()])
+    events = store.stream(decision.target, generation)
     headers = {"x-konsilium-model": decision.target, "x-request-id": request_id(request)}
     responder = make_responder(decision.target)
     try:

@@ -314,7 +314,8 @@ class Model(_Response, kw_only=True):
     object: str = "model"
     created: int
     owned_by: str
-    context_length: int | None = None
+    context_length: int | None = None  # extension: the context the model is served with
+    state: str | None = None  # extension: unloaded | loading | ready | unloading | failed
 
 
 class ModelList(_Response, kw_only=True):

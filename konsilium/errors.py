@@ -66,6 +66,18 @@ class MethodNotAllowedError(InvalidRequestError):
     default_code = "method_not_allowed"
 
 
+class PermissionDeniedError(InvalidRequestError):
+    status = 403
+    default_code = "permission_denied"
+
+
+class ConflictError(InvalidRequestError):
+    """The request contradicts the current state (unloading a model that is serving requests)."""
+
+    status = 409
+    default_code = "conflict"
+
+
 class RequestTooLargeError(InvalidRequestError):
     status = 413
     default_code = "request_too_large"
@@ -98,6 +110,12 @@ class BackendUnavailableError(BackendError):
     default_code = "model_unavailable"
 
 
+class ModelLoadError(BackendUnavailableError):
+    """A model could not be loaded: a bad file, a wrong checksum, a worker that would not start."""
+
+    default_code = "model_load_failed"
+
+
 class BackendTimeoutError(BackendError):
     status = 504
     default_code = "backend_timeout"
@@ -111,4 +129,8 @@ class InternalError(GatewayError):
 
 
 class ConfigError(Exception):
-    """A configuration or manifest problem, found at start-up; names the file and the field."""
+    """Configuration or manifest problems, found at start-up, each naming the file and the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

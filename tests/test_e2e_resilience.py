@@ -77,7 +77,8 @@ async def test_disconnects_free_the_queue_and_the_worker(server: Server) -> None
         await asyncio.to_thread(wait_for, lambda: server.model_state()["queued"] == 0, "the queue to empty")
         assert server.model_state()["in_flight"] == 1, "the first stream is still generating"
         await streaming.aclose()  # the streaming client leaves mid-stream
-        await asyncio.to_thread(wait_for, lambda: server.model_state()["in_flight"] == 0, "the worker to stop")
+        await asyncio.to_thread(wait_for, lambda: server.model_state()["generating"] is False, "the worker to stop")
+        assert server.model_state()["in_flight"] == 0
     assert short_answer(server) == reference
 
 
@@ -87,7 +88,7 @@ async def test_non_streaming_disconnect_stops_generation(server: Server) -> None
         await asyncio.to_thread(wait_for, lambda: server.model_state()["in_flight"] == 1, "generation to start")
         await asyncio.sleep(0.3)
         pending.cancel()
-        await asyncio.to_thread(wait_for, lambda: server.model_state()["in_flight"] == 0, "the worker to stop")
+        await asyncio.to_thread(wait_for, lambda: server.model_state()["generating"] is False, "the worker to stop")
 
 
 async def test_two_concurrent_streams_both_complete_untouched(server: Server) -> None:

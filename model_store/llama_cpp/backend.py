@@ -12,23 +12,25 @@ import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from konsilium.config import LlamaCppModel
 from konsilium.errors import GatewayError
+from konsilium.manifest import Manifest
 from model_store.backend import Health, ModelInfo, State
 from model_store.llama_cpp.process import WorkerProcess
 from model_store.types import Event, GenerationRequest
 
 
 class LlamaCppBackend:
-    def __init__(self, config: LlamaCppModel) -> None:
-        self._config = config
+    def __init__(self, manifest: Manifest) -> None:
+        assert manifest.path is not None, "checked when the manifest was loaded"
+        self._config = manifest
+        self._path = manifest.path
         self._worker: WorkerProcess | None = None
         self._state: State = "unloaded"
         self._detail = ""
         self._turn = asyncio.Lock()
         self._queued = 0
         self._load_lock = asyncio.Lock()
-        self._created = int(Path(config.path).stat().st_mtime)
+        self._created = int(Path(self._path).stat().st_mtime)
 
     @property
     def info(self) -> ModelInfo:
@@ -37,7 +39,7 @@ class LlamaCppBackend:
             id=self._config.id,
             owned_by=self._config.owned_by,
             created=self._created,
-            context_length=ready.n_ctx if ready else self._config.n_ctx,
+            context_length=ready.n_ctx if ready else self._config.context_window,
             supports_fim=bool(ready and ready.supports_fim),
         )
 
@@ -111,12 +113,12 @@ class LlamaCppBackend:
         )
 
     def memory_need_mb(self) -> int:
-        return max(1, Path(self._config.path).stat().st_size // (1024 * 1024))
+        return max(1, Path(self._path).stat().st_size // (1024 * 1024))
 
     def _worker_argv(self) -> list[str]:
         c = self._config
         argv = [
-            "--path", c.path, "--n-ctx", str(c.n_ctx), "--n-threads", str(c.n_threads),
+            "--path", self._path, "--n-ctx", str(c.context_window), "--n-threads", str(c.n_threads),
             "--n-batch", str(c.n_batch), "--n-gpu-layers", str(c.n_gpu_layers),
         ]  # fmt: skip
         return [*argv, "--logits-all"] if c.logits_all else argv

@@ -19,8 +19,8 @@ from typing import cast, get_args
 import aiohttp
 from yarl import URL
 
-from konsilium.config import OpenAIModel
 from konsilium.errors import BackendError, BackendUnavailableError, UnsupportedParameterError
+from konsilium.manifest import Manifest
 from model_store.backend import Health, ModelInfo, State
 from model_store.openai import wire
 from model_store.openai.errors import translate_status, translate_transport_error
@@ -41,13 +41,14 @@ _MAX_LINE = 8 * 1024 * 1024  # one SSE line (a chunk) may carry long tool argume
 
 
 class OpenAIBackend:
-    def __init__(self, config: OpenAIModel) -> None:
-        self._config = config
+    def __init__(self, manifest: Manifest) -> None:
+        assert manifest.url is not None, "checked when the manifest was loaded"
+        self._config = manifest
         self._session: aiohttp.ClientSession | None = None
         self._state: State = "unloaded"
         self._detail = ""
         self._created = int(time.time())
-        self._upstream = config.url.rstrip("/")
+        self._upstream = manifest.url.rstrip("/")
         self._urls = {
             "chat": URL(f"{self._upstream}/chat/completions"),
             "completion": URL(f"{self._upstream}/completions"),

@@ -1,0 +1,116 @@
+"""Model manifests: one YAML file per model in `configs/models/` (or inline in the config).
+
+A manifest says what a model is (family, tier role, format, quant, context, capabilities,
+revision, checksum), how it runs (backend and its options) and how the store treats it (load
+policy, idle unload, concurrency and queue, memory override). Unknown keys are errors, and
+`check_manifests` reports every problem at once, each naming the file and the field:
+`models/qwen.yaml: load: must be eager when role=primary`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+ModelId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+TierRole = Literal["primary", "secondary", "lightweight", "micro", "optional_moe"]
+BackendName = Literal["llama_cpp", "vllm", "openai"]
+ModelFormat = Literal["gguf", "hf", "remote"]
+LoadPolicy = Literal["eager", "on_demand"]
+
+BACKEND_OF_FORMAT: dict[str, BackendName] = {"gguf": "llama_cpp", "hf": "vllm", "remote": "openai"}
+IMPLEMENTED_BACKENDS = ("llama_cpp", "openai")
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    # what the model is
+    id: ModelId
+    family: str = ""
+    role: TierRole = "secondary"
+    format: ModelFormat = "gguf"
+    path: str | None = None
+    quant: str = ""
+    context_length: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    capabilities: list[str] = msgspec.field(default_factory=lambda: ["chat"])
+    revision: str = ""
+    checksum_sha256: Sha256 | None = None
+    skip_checksum: bool = False
+    reasoning_modes: list[str] = msgspec.field(default_factory=list)
+    tokenizer: str | None = None
+    embedding: bool = False
+    description: str = ""
+    license: str = ""
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    owned_by: str = "konsilium"
+    avg_latency_tokens_per_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # how the store treats it
+    load: LoadPolicy = "on_demand"
+    idle_unload_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    max_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 64
+    load_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+    # how it runs
+    backend: BackendName | None = None
+    n_ctx: Annotated[int, msgspec.Meta(ge=128, le=1_048_576)] | None = None
+    n_threads: Annotated[int, msgspec.Meta(ge=0, le=512)] = 0  # 0: every core
+    n_batch: Annotated[int, msgspec.Meta(ge=8, le=65_536)] = 512
+    n_gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] = 0
+    logits_all: bool = False  # needed for logprobs; costs n_ctx x vocab x 4 bytes
+    url: str | None = None
+    upstream_model: str | None = None
+    api_key_env: EnvName | None = None
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
+    read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 600.0
+
+    @property
+    def backend_name(self) -> BackendName:
+        return self.backend or BACKEND_OF_FORMAT[self.format]
+
+    @property
+    def context_window(self) -> int:
+        """The context a llama.cpp worker is started with."""
+        return self.n_ctx or min(self.context_length or 4096, 32_768)
+
+
+def decode_manifest(raw: object) -> Manifest:
+    return msgspec.convert(raw, Manifest, strict=True)
+
+
+def rule_problems(manifest: Manifest) -> list[tuple[str, str]]:
+    """Cross-field rules of one manifest, as (field, problem) pairs."""
+    m = manifest
+    problems: list[tuple[str, str]] = []
+    if m.role == "primary" and m.load == "on_demand":
+        problems.append(("load", "must be eager when role=primary"))
+    if m.idle_unload_seconds is not None and m.load != "on_demand":
+        problems.append(("idle_unload_seconds", "requires load: on_demand"))
+    if m.reasoning_modes and m.role != "optional_moe" and not {"plan", "judge"} & set(m.capabilities):
+        problems.append(("reasoning_modes", "only for role=optional_moe or capabilities with plan or judge"))
+    if m.backend_name not in IMPLEMENTED_BACKENDS:
+        problems.append(("backend", f"{m.backend_name} is not available in this version"))
+    if m.backend_name == "llama_cpp":
+        if m.path is None:
+            problems.append(("path", "is required for a llama_cpp model"))
+        if m.max_concurrency != 1:
+            problems.append(("max_concurrency", "must be 1: a llama.cpp worker generates one request at a time"))
+    if m.backend_name == "openai" and m.url is None:
+        problems.append(("url", "is required for an openai model"))
+    return problems
+
+
+def duplicate_problems(sources: Sequence[tuple[str, Manifest]]) -> Iterable[str]:
+    first: dict[str, str] = {}
+    for source, manifest in sources:
+        if manifest.id in first:
+            yield f"{source}: id: duplicate model id {manifest.id!r} (first in {first[manifest.id]})"
+        first.setdefault(manifest.id, source)
+
+
+def manifest_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())

@@ -1,0 +1,339 @@
+"""The model store: every configured model, its lifecycle, and the memory budget they share.
+
+Per request, `stream()` admits it (or refuses with 429 when the model's queue is full), waits
+for one of the model's `max_concurrency` slots, makes sure the model is loaded — planning what
+to evict with the pure `plan_load` — and relays the backend's events. A lease is held from
+admission to the last event, so a model with requests in flight or queued is never evicted.
+
+Decisions that read shared state and then change it (`_reserve`, the idle sweep) never await in
+between: in one event loop that makes each of them atomic without a lock. Loads run as tasks
+that a leaving client cannot cancel halfway, so the ledger always matches what is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from konsilium.config import Config
+from konsilium.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    GatewayError,
+    ModelLoadError,
+    ModelNotFoundError,
+    RateLimitError,
+)
+from konsilium.manifest import Manifest
+from model_store.backend import Backend, State
+from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb
+from model_store.checksum import ChecksumCache, default_cache_dir
+from model_store.estimate import GGUFError, estimate_gguf, read_gguf_shape
+from model_store.llama_cpp.backend import LlamaCppBackend
+from model_store.openai.backend import OpenAIBackend
+from model_store.planner import Resident, plan_load
+from model_store.types import Event, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_FULL_S = 5
+
+
+class Loading(msgspec.Struct, frozen=True):
+    """Not a backend event: the store tells its caller that a load starts (SSE heartbeat time)."""
+
+    model: str
+
+
+StoreEvent = Event | Loading
+
+
+def build_backend(manifest: Manifest) -> Backend:
+    if manifest.backend_name == "llama_cpp":
+        return LlamaCppBackend(manifest)
+    return OpenAIBackend(manifest)
+
+
+@dataclass(eq=False)
+class Entry:
+    manifest: Manifest
+    backend: Backend
+    slots: asyncio.Semaphore
+    state: State = "unloaded"
+    reserved_mb: int = 0
+    need_mb: int | None = None
+    measured_mb: int | None = None
+    last_used: float = 0.0
+    last_used_wall: float | None = None
+    leases: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    failed_until: float = 0.0
+    last_error: str = ""
+    load_seconds: float | None = None
+    load_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+
+class ModelStore:
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._wall = wall_clock
+        given = backends or {}
+        self._entries = {
+            m.id: Entry(m, given.get(m.id) or build_backend(m), asyncio.Semaphore(m.max_concurrency))
+            for m in config.models
+        }
+        self._checksums = ChecksumCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
+        self.budget = Budget(total_mb=0, source="config")
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # ---- what the gateway reads ---------------------------------------------------------
+    def get(self, model_id: str) -> Entry:
+        entry = self._entries.get(model_id)
+        if entry is None:
+            raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
+        return entry
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def state_of(self, entry: Entry) -> State:
+        """The store's state, corrected by the backend's own (a worker that died is unloaded)."""
+        if entry.state == "ready" and entry.manifest.backend_name == "llama_cpp":
+            return entry.backend.health().state
+        return entry.state
+
+    def used_mb(self) -> int:
+        return sum(e.reserved_mb for e in self._entries.values())
+
+    def foreign_mb(self) -> int:
+        return foreign_gpu_mb({p for e in self._entries.values() if (p := e.backend.health().pid)})
+
+    # ---- start and stop ------------------------------------------------------------------
+    async def start(self) -> None:
+        self.budget = await asyncio.to_thread(
+            detect_budget, self._config.memory_budget_mb, self._config.memory_reserve_mb
+        )
+        log.info("memory budget %d MB from %s %s", self.budget.total_mb, self.budget.source, self.budget.device)
+        for entry in self._entries.values():
+            if entry.manifest.load == "eager":
+                try:
+                    await self.load(entry.id)
+                except GatewayError as exc:
+                    log.error("model %s failed to load at start-up: %s", entry.id, exc.message)
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-unload")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await asyncio.gather(*(e.backend.unload() for e in self._entries.values()), return_exceptions=True)
+        for entry in self._entries.values():
+            entry.state, entry.reserved_mb = "unloaded", 0
+
+    # ---- serving -------------------------------------------------------------------------
+    async def stream(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
+        entry = self.get(model_id)
+        self._admit(entry)
+        entry.leases += 1
+        try:
+            entry.queued += 1
+            try:
+                await entry.slots.acquire()
+            finally:
+                entry.queued -= 1
+            entry.in_flight += 1
+            try:
+                task = await self._start_load(entry)
+                if task is not None:
+                    yield Loading(model=model_id)
+                    await asyncio.shield(task)
+                async for event in entry.backend.stream(request):
+                    yield event
+            finally:
+                entry.in_flight -= 1
+                entry.slots.release()
+        finally:
+            entry.leases -= 1
+            entry.last_used, entry.last_used_wall = self._clock(), self._wall()
+
+    async def load(self, model_id: str) -> Entry:
+        entry = self.get(model_id)
+        task = await self._start_load(entry)
+        if task is not None:
+            await asyncio.shield(task)
+        return entry
+
+    async def unload(self, model_id: str) -> Entry:
+        entry = self.get(model_id)
+        if entry.leases:
+            raise ConflictError(f"model {model_id!r} has {entry.leases} requests in flight or queued", param="model")
+        if entry.state == "ready":
+            entry.state = "unloading"
+            await self._unload(entry)
+        return entry
+
+    def _admit(self, entry: Entry) -> None:
+        m = entry.manifest
+        if entry.in_flight >= m.max_concurrency and entry.queued >= m.max_queue:
+            raise RateLimitError(
+                f"model {entry.id!r} is busy: {entry.in_flight} requests in flight and {entry.queued} queued "
+                f"(max_queue {m.max_queue})",
+                retry_after=1,
+            )
+
+    # ---- loading -------------------------------------------------------------------------
+    async def _start_load(self, entry: Entry) -> asyncio.Task[None] | None:
+        """None if ready; else join the load in progress, or plan one and start it.
+
+        Every refusal (cooldown, bad file, does not fit) is raised before anything changes.
+        """
+        if _ready(entry):
+            return None
+        if entry.load_task is not None and not entry.load_task.done():
+            return entry.load_task
+        if entry.state == "failed" and self._clock() < entry.failed_until:
+            retry = max(1, round(entry.failed_until - self._clock()))
+            raise ModelLoadError(f"model {entry.id!r} failed to load: {entry.last_error}", retry_after=retry)
+        need = await self._need_mb(entry)
+        if _ready(entry):  # another request loaded it while we read the file
+            return None
+        if entry.load_task is not None and not entry.load_task.done():
+            return entry.load_task
+        victims = self._reserve(entry, need)
+        entry.load_task = asyncio.create_task(self._load(entry, victims), name=f"load-{entry.id}")
+        return entry.load_task
+
+    async def _need_mb(self, entry: Entry) -> int:
+        """Measured use if we have it, else the manifest's override, else the GGUF estimate."""
+        m = entry.manifest
+        if entry.measured_mb is not None:
+            return entry.measured_mb
+        if entry.need_mb is None:
+            try:
+                entry.need_mb = await asyncio.to_thread(self._estimate, m)
+            except (GGUFError, OSError) as exc:
+                self._fail(entry, str(exc))
+                raise ModelLoadError(f"model {entry.id!r} failed to load: {exc}", retry_after=self._retry()) from exc
+        return entry.need_mb
+
+    def _estimate(self, m: Manifest) -> int:
+        if m.backend_name != "llama_cpp":
+            return m.memory_mb or 0
+        assert m.path is not None
+        path = Path(m.path)
+        if m.checksum_sha256 and not m.skip_checksum:
+            actual = self._checksums.digest(path)
+            if actual != m.checksum_sha256:
+                raise GGUFError(f"checksum mismatch for {path.name}: expected {m.checksum_sha256}, got {actual}")
+        estimate = estimate_gguf(read_gguf_shape(path), m.context_window).total_mb
+        return m.memory_mb if m.memory_mb is not None else estimate
+
+    def _reserve(self, entry: Entry, need: int) -> list[Entry]:
+        """Plan and book in one step (no await): mark the victims and the target's memory."""
+        budget = self.budget.total_mb - self.foreign_mb()
+        plan = plan_load(entry.id, need, self._residents(), budget)
+        if not plan.fits:
+            raise BackendUnavailableError(
+                f"model {entry.id!r} does not fit: {plan.reason}", retry_after=RETRY_AFTER_FULL_S
+            )
+        victims = [self._entries[v] for v in plan.evict]
+        for victim in victims:
+            victim.state = "unloading"
+        entry.state, entry.reserved_mb = "loading", need
+        return victims
+
+    def _residents(self) -> list[Resident]:
+        return [
+            Resident(
+                id=e.id,
+                memory_mb=e.reserved_mb,
+                last_used=e.last_used,
+                pinned=e.manifest.load == "eager" or e.state != "ready",
+                leases=e.leases,
+            )
+            for e in self._entries.values()
+            if e.reserved_mb > 0
+        ]
+
+    async def _load(self, entry: Entry, victims: list[Entry]) -> None:
+        for victim in victims:
+            log.info("evicting %s (%d MB) for %s", victim.id, victim.reserved_mb, entry.id)
+            await self._unload(victim)
+        started = self._clock()
+        try:
+            await entry.backend.load()
+        except GatewayError as exc:
+            self._fail(entry, exc.message)
+            raise ModelLoadError(
+                f"model {entry.id!r} failed to load: {exc.message}", retry_after=self._retry()
+            ) from exc
+        entry.load_seconds = self._clock() - started
+        entry.state, entry.last_used, entry.last_used_wall = "ready", self._clock(), self._wall()
+        pid = entry.backend.health().pid
+        measured = await asyncio.to_thread(measured_mb, pid) if pid else None
+        if measured is not None:
+            entry.measured_mb = entry.reserved_mb = measured
+        log.info("loaded %s in %.2f s (%d MB)", entry.id, entry.load_seconds, entry.reserved_mb)
+
+    async def _unload(self, entry: Entry) -> None:
+        """Callers mark the entry `unloading` first; a load booked meanwhile keeps its state."""
+        await entry.backend.unload()
+        if entry.state == "unloading":
+            entry.state, entry.reserved_mb = "unloaded", 0
+
+    def _fail(self, entry: Entry, message: str) -> None:
+        entry.state, entry.reserved_mb, entry.last_error = "failed", 0, message
+        entry.failed_until = self._clock() + self._config.load_failure_cooldown_s
+
+    def _retry(self) -> int:
+        return max(1, round(self._config.load_failure_cooldown_s))
+
+    # ---- idle unload ---------------------------------------------------------------------
+    async def _sweep_idle(self) -> None:
+        idle_limits = [m.idle_unload_seconds for m in self._config.models if m.idle_unload_seconds]
+        period = min(5.0, max(0.1, min(idle_limits, default=20.0) / 4))
+        while True:
+            await asyncio.sleep(period)
+            for entry in self.idle_expired():
+                log.info("unloading %s after %.0f s idle", entry.id, entry.manifest.idle_unload_seconds or 0)
+                await self._unload(entry)
+
+    def idle_expired(self) -> list[Entry]:
+        """Marks (no await between the check and the mark) and returns the models to unload now."""
+        now = self._clock()
+        expired = [
+            e
+            for e in self._entries.values()
+            if e.state == "ready"
+            and e.leases == 0
+            and e.manifest.idle_unload_seconds is not None
+            and now - e.last_used >= e.manifest.idle_unload_seconds
+        ]
+        for entry in expired:
+            entry.state = "unloading"
+        return expired
+
+
+def _ready(entry: Entry) -> bool:
+    return entry.state == "ready"
