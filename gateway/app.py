@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from litestar import Litestar
 from litestar.datastructures import State
 
-from gateway import completions, models
+from gateway import admin, completions, models
 from gateway.errors import render
 from gateway.services import Services
 from konsilium.config import Config
@@ -32,6 +32,10 @@ def create_app(
             models.retrieve_model,
             models.health,
             models.ready,
+            admin.admin_models,
+            admin.admin_load,
+            admin.admin_unload,
+            admin.admin_budget,
         ],
         exception_handlers={Exception: render},
         state=State({"services": services}),

@@ -70,8 +70,9 @@ async def sse_stream(
         yield frame(error_object(error))
     finally:
         if waiting is not None and not waiting.done():
-            waiting.cancel()
-        await events.aclose()
+            waiting.cancel()  # its cancellation unwinds and closes `events` in that task
+        else:
+            await events.aclose()
     yield DONE
 
 
@@ -92,7 +93,8 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
-    if not task.done() or task.cancelled():
+            await asyncio.gather(task, return_exceptions=True)  # let `work` unwind before anyone closes it
+    if task.cancelled():
         raise ClientDisconnectedError("the client disconnected")
     return task.result()
 

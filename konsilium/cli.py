@@ -1,4 +1,4 @@
-"""`konsilium serve [--config FILE] [--host H] [--port P]` and `konsilium config-schema`."""
+"""The `konsilium` command: serve, ps, models list / validate, pull, config-schema."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from pathlib import Path
 
 import msgspec
 
-from konsilium.config import Config, config_json_schema, default_config, load_config
+from konsilium.config import (
+    Config,
+    config_json_schema,
+    default_config,
+    load_config,
+    manifest_json_schema,
+    read_manifest_dir,
+    resolve_config,
+)
 from konsilium.errors import ConfigError
 
 
@@ -18,16 +26,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="konsilium", description="Local OpenAI-compatible LLM gateway")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the OpenAI API")
-    serve.add_argument("--config", type=Path, help="YAML config (default: SmolLM2, no file needed)")
+    _config_option(serve)
     serve.add_argument("--host", help="override the config's host")
     serve.add_argument("--port", type=int, help="override the config's port")
-    commands.add_parser("config-schema", help="print the JSON schema of the config file")
+    ps = commands.add_parser("ps", help="what a running Konsilium has loaded (like `ollama ps`)")
+    ps.add_argument("--url", default="http://127.0.0.1:8400", help="the server (default: %(default)s)")
+    models_command = commands.add_parser("models", help="list or validate manifests")
+    models = models_command.add_subparsers(dest="action", required=True)
+    _config_option(models.add_parser("list", help="the configured models and their estimated memory"))
+    validate = models.add_parser("validate", help="check every manifest in a directory; non-zero on any problem")
+    validate.add_argument("directory", nargs="?", type=Path, default=Path("configs/models"))
+    validate.add_argument("--allow-external-api", action="store_true", help="accept URLs outside loopback")
+    pull = commands.add_parser("pull", help="download a GGUF from the Hugging Face hub and write its manifest")
+    pull.add_argument("repo")
+    pull.add_argument("file")
+    pull.add_argument("--revision")
+    pull.add_argument("--id", dest="model_id")
+    pull.add_argument("--models-dir", type=Path, default=Path("configs/models"))
+    schema = commands.add_parser("config-schema", help="print the JSON schema of the config (or a manifest)")
+    schema.add_argument("--manifest", action="store_true")
     return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config (default: SmolLM2, no file needed)")
 
 
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else default_config()
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
     return msgspec.structs.replace(config, **overrides)
 
 
@@ -39,22 +66,50 @@ def serve(config: Config) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, access_log=False)
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level, access_log=False)
+
+
+def validate(directory: Path, allow_external: bool) -> int:
+    found, problems = read_manifest_dir(directory.resolve())
+    if found and not problems:
+        config = Config(models=[m for _, _, m in found], allow_external_api=allow_external)
+        try:
+            resolve_config(config, source=str(directory), base_dir=directory.resolve())
+        except ConfigError as exc:
+            problems = exc.problems
+    if not found and not problems:
+        problems = [f"{directory}: no manifests (*.yaml) found"]
+    for problem in problems:
+        print(problem)
+    print(f"{len(found)} manifests, {len(problems)} problems")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "config-schema":
-        print(json.dumps(config_json_schema(), indent=2, sort_keys=True))
-        return 0
     try:
-        config = _config(args)
+        return _run(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"konsilium: {problem}", file=sys.stderr)
         return 2
-    serve(config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from konsilium import commands
+
+    if args.command == "config-schema":
+        print(json.dumps(manifest_json_schema() if args.manifest else config_json_schema(), indent=2, sort_keys=True))
+    elif args.command == "serve":
+        serve(_config(args))
+    elif args.command == "ps":
+        return commands.ps(args.url)
+    elif args.command == "pull":
+        return commands.pull(args.repo, args.file, args.models_dir, args.revision, args.model_id)
+    elif args.action == "list":
+        return commands.list_models(_config(args))
+    else:
+        return validate(args.directory, args.allow_external_api)
     return 0
 
 

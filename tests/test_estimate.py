@@ -83,5 +83,5 @@ def test_the_kv_cache_grows_linearly_with_the_context() -> None:
 def test_unreadable_files_are_a_clear_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.gguf"
     path.write_bytes(content)
-    with pytest.raises(GGUFError, match="bad.gguf"):
+    with pytest.raises(GGUFError, match=r"bad\.gguf"):
         read_gguf_shape(path)

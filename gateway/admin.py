@@ -1,0 +1,84 @@
+"""The admin API: what is loaded, and load / unload by hand. Loopback-only unless configured.
+
+`GET /admin/models`, `POST /admin/models/{id}/load`, `POST /admin/models/{id}/unload`,
+`GET /admin/budget`. `konsilium ps` reads the first.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from gateway.models import json_response, model_status, services_of
+from konsilium.config import is_loopback
+from konsilium.errors import PermissionDeniedError
+from model_store.store import Entry, ModelStore
+
+AnyRequest = Request[Any, Any, Any]
+
+
+def loopback_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A Litestar guard: refuse admin calls from other hosts when `admin_loopback_only` is on."""
+    if not connection.app.state.services.config.admin_loopback_only:
+        return
+    host = connection.client.host if connection.client else ""
+    if not is_loopback(host):
+        raise PermissionDeniedError("the admin API answers loopback clients only (admin_loopback_only: true)")
+
+
+def admin_view(store: ModelStore, entry: Entry) -> dict[str, object]:
+    m = entry.manifest
+    return {
+        **model_status(store, entry),
+        "backend": m.backend_name,
+        "role": m.role,
+        "load": m.load,
+        "estimated_mb": entry.need_mb,
+        "measured_mb": entry.measured_mb,
+        "reserved_mb": entry.reserved_mb,
+        "last_used": _iso(entry.last_used_wall),
+        "load_seconds": None if entry.load_seconds is None else round(entry.load_seconds, 3),
+    }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+@get("/admin/models", guards=[loopback_only])
+async def admin_models(request: AnyRequest) -> Response[bytes]:
+    store = services_of(request).store
+    return json_response({"models": [admin_view(store, e) for e in store.entries()]})
+
+
+@post("/admin/models/{model_id:str}/load", guards=[loopback_only], status_code=200)
+async def admin_load(request: AnyRequest, model_id: str) -> Response[bytes]:
+    store = services_of(request).store
+    return json_response(admin_view(store, await store.load(model_id)))
+
+
+@post("/admin/models/{model_id:str}/unload", guards=[loopback_only], status_code=200)
+async def admin_unload(request: AnyRequest, model_id: str) -> Response[bytes]:
+    store = services_of(request).store
+    return json_response(admin_view(store, await store.unload(model_id)))
+
+
+@get("/admin/budget", guards=[loopback_only])
+async def admin_budget(request: AnyRequest) -> Response[bytes]:
+    store = services_of(request).store
+    used, foreign = store.used_mb(), store.foreign_mb()
+    return json_response(
+        {
+            "total_mb": store.budget.total_mb,
+            "source": store.budget.source,
+            "device": store.budget.device,
+            "used_mb": used,
+            "foreign_mb": foreign,
+            "free_mb": store.budget.total_mb - used - foreign,
+            "models": {e.id: e.reserved_mb for e in store.entries() if e.reserved_mb},
+        }
+    )

@@ -1,0 +1,69 @@
+"""What `konsilium ps`, `konsilium models list` and `konsilium pull` print."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from konsilium.config import Config
+from konsilium.manifest import Manifest
+from model_store.estimate import GGUFError, estimate_gguf, read_gguf_shape
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def ps(url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/admin/models", timeout=10) as response:
+            models = json.load(response)["models"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        print(f"konsilium ps: cannot read {url}/admin/models: {exc}", file=sys.stderr)
+        return 1
+    columns = {
+        "MODEL": "id", "STATE": "state", "BACKEND": "backend", "PID": "pid", "EST MB": "estimated_mb",
+        "MEASURED MB": "measured_mb", "IN FLIGHT": "in_flight", "QUEUED": "queued", "LAST USED": "last_used",
+        "LOAD S": "load_seconds",
+    }  # fmt: skip
+    print(table(list(columns), [[m.get(k) for k in columns.values()] for m in models]))
+    return 0
+
+
+def list_models(config: Config) -> int:
+    rows = [
+        [m.id, m.role, m.backend_name, m.format, m.quant, m.context_window, m.load, _estimate(m)] for m in config.models
+    ]
+    print(table(["MODEL", "ROLE", "BACKEND", "FORMAT", "QUANT", "CONTEXT", "LOAD", "EST MB"], rows))
+    return 0
+
+
+def _estimate(manifest: Manifest) -> int | str:
+    if manifest.memory_mb is not None:
+        return manifest.memory_mb
+    if manifest.backend_name != "llama_cpp" or manifest.path is None:
+        return 0
+    try:
+        return estimate_gguf(read_gguf_shape(Path(manifest.path)), manifest.context_window).total_mb
+    except GGUFError as exc:
+        return f"unreadable ({exc})"
+
+
+def pull(repo: str, filename: str, models_dir: Path, revision: str | None, model_id: str | None) -> int:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from konsilium.pull import pull as fetch
+
+    try:
+        written = fetch(repo, filename, models_dir, revision=revision, model_id=model_id)
+    except (HfHubHTTPError, LocalEntryNotFoundError, GGUFError, OSError) as exc:
+        print(f"konsilium pull: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {written}")
+    return 0
