@@ -27,6 +27,7 @@ lint: install
 
 bench: install
 	$(PY) -m benchmarks.bench_core
+	$(PY) -m benchmarks.bench_store
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath
 
 from gateway.models import json_response, model_status, services_of
 from konsilium.config import is_loopback
@@ -56,13 +57,13 @@ async def admin_models(request: AnyRequest) -> Response[bytes]:
 
 
 @post("/admin/models/{model_id:str}/load", guards=[loopback_only], status_code=200)
-async def admin_load(request: AnyRequest, model_id: str) -> Response[bytes]:
+async def admin_load(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     store = services_of(request).store
     return json_response(admin_view(store, await store.load(model_id)))
 
 
 @post("/admin/models/{model_id:str}/unload", guards=[loopback_only], status_code=200)
-async def admin_unload(request: AnyRequest, model_id: str) -> Response[bytes]:
+async def admin_unload(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     store = services_of(request).store
     return json_response(admin_view(store, await store.unload(model_id)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 
 from gateway import protocol as p
 from gateway.services import Services
@@ -40,7 +41,7 @@ async def list_models(request: AnyRequest) -> Response[bytes]:
 
 
 @get("/v1/models/{model_id:path}")
-async def retrieve_model(request: AnyRequest, model_id: str) -> Response[bytes]:
+async def retrieve_model(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     store = services_of(request).store
     return json_response(_model(store, store.get(model_id.lstrip("/"))))
 

@@ -33,7 +33,7 @@ def pull(
         format="gguf",
         path=str(local),
         quant=quant_of(filename),
-        context_length=None,
+        context_length=shape.context_length,
         revision=f"{repo}@{local.parent.name}",  # the snapshot folder is the commit hash
         checksum_sha256=sha256_of(local),
         description=f"{repo}/{filename}",

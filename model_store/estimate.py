@@ -44,6 +44,7 @@ class GGUFShape(msgspec.Struct, frozen=True):
     kv_heads: int
     head_size: int
     weights_bytes: int
+    context_length: int | None = None  # what the model was trained for
 
 
 def read_gguf_shape(path: Path) -> GGUFShape:
@@ -57,11 +58,19 @@ def read_gguf_shape(path: Path) -> GGUFShape:
             reader, f"{arch}.attention.key_length", default=_int(reader, f"{arch}.embedding_length") // heads
         )
         weights = sum(int(t.n_bytes) for t in reader.tensors)
+        trained = _int(reader, f"{arch}.context_length", default=0) or None
     except GGUFError:
         raise
     except (ValueError, KeyError, IndexError, OSError) as exc:  # gguf raises these for bad files
         raise GGUFError(f"{path.name} is not a readable GGUF file: {exc}") from exc
-    return GGUFShape(architecture=arch, layers=layers, kv_heads=kv_heads, head_size=head_size, weights_bytes=weights)
+    return GGUFShape(
+        architecture=arch,
+        layers=layers,
+        kv_heads=kv_heads,
+        head_size=head_size,
+        weights_bytes=weights,
+        context_length=trained,
+    )
 
 
 def estimate_gguf(shape: GGUFShape, n_ctx: int) -> Estimate:
