@@ -43,6 +43,7 @@ def admin_view(store: ModelStore, entry: Entry) -> dict[str, object]:
         "reserved_mb": entry.reserved_mb,
         "last_used": _iso(entry.last_used_wall),
         "load_seconds": None if entry.load_seconds is None else round(entry.load_seconds, 3),
+        "loads": entry.loads,
     }
 
 

@@ -78,6 +78,7 @@ class Entry:
     failed_until: float = 0.0
     last_error: str = ""
     load_seconds: float | None = None
+    loads: int = 0
     load_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -289,6 +290,7 @@ class ModelStore:
                 f"model {entry.id!r} failed to load: {exc.message}", retry_after=self._retry()
             ) from exc
         entry.load_seconds = self._clock() - started
+        entry.loads += 1
         entry.state, entry.last_used, entry.last_used_wall = "ready", self._clock(), self._wall()
         pid = entry.backend.health().pid
         measured = await asyncio.to_thread(measured_mb, pid) if pid else None

@@ -149,7 +149,7 @@ def test_models_list_carries_each_models_state(tight: Server) -> None:
 
 @pytest.fixture(scope="module")
 def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    models = [smol("queue-one", max_queue=1), smol("idle", idle_unload_seconds=1), smol("lazy")]
+    models = [smol("queue-one", max_queue=1), smol("idle", idle_unload_seconds=1), smol("lazy"), smol("crowd")]
     with run_server(tmp_path_factory.mktemp("roomy"), models, memory_budget_mb=4000) as server:
         yield server
 
@@ -208,6 +208,24 @@ def test_admin_load_unload_and_ps(roomy: Server) -> None:
     assert not pid_alive(loaded["pid"])
     missing = httpx.post(f"{roomy.base_url}/admin/models/nope/load")
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "model_not_found")
+
+
+async def test_concurrent_first_requests_load_the_model_once(roomy: Server) -> None:
+    assert admin(roomy)["crowd"]["state"] == "unloaded"
+    replies = await asyncio.gather(*(asyncio.to_thread(ask, roomy, "crowd") for _ in range(4)))
+    assert [r.status_code for r in replies] == [200] * 4
+    assert (admin(roomy)["crowd"]["loads"], admin(roomy)["crowd"]["state"]) == (1, "ready")
+
+
+def test_models_list_command_shows_the_estimates() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "konsilium.cli", "models", "list", "--config", str(ROOT / "configs" / "konsilium.yaml")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert result.stdout.splitlines() == [
+        "MODEL                  ROLE     BACKEND    FORMAT  QUANT  CONTEXT  LOAD   EST MB",
+        "smollm2-135m-instruct  primary  llama_cpp  gguf    Q4_1   4096     eager  247",
+    ]
 
 
 def test_validate_command_reports_every_problem(tmp_path: Path) -> None:
