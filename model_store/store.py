@@ -223,6 +223,7 @@ class ModelStore:
             return entry.load_task
         victims = self._reserve(entry, need)
         entry.load_task = asyncio.create_task(self._load(entry, victims), name=f"load-{entry.id}")
+        entry.load_task.add_done_callback(_retrieve)  # every waiter may have left; the error is in the entry
         return entry.load_task
 
     async def _need_mb(self, entry: Entry) -> int:
@@ -319,7 +320,10 @@ class ModelStore:
             await asyncio.sleep(period)
             for entry in self.idle_expired():
                 log.info("unloading %s after %.0f s idle", entry.id, entry.manifest.idle_unload_seconds or 0)
-                await self._unload(entry)
+                try:
+                    await self._unload(entry)
+                except Exception:  # the sweeper outlives any one model's failure
+                    log.exception("idle unload of %s failed", entry.id)
 
     def idle_expired(self) -> list[Entry]:
         """Marks (no await between the check and the mark) and returns the models to unload now."""
@@ -339,3 +343,8 @@ class ModelStore:
 
 def _ready(entry: Entry) -> bool:
     return entry.state == "ready"
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
