@@ -149,7 +149,13 @@ def test_models_list_carries_each_models_state(tight: Server) -> None:
 
 @pytest.fixture(scope="module")
 def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    models = [smol("queue-one", max_queue=1), smol("idle", idle_unload_seconds=1), smol("lazy"), smol("crowd")]
+    models = [
+        smol("queue-one", max_queue=1),
+        smol("idle", idle_unload_seconds=1),
+        smol("lazy"),
+        smol("crowd"),
+        smol("logits", logits_all=True),
+    ]
     with run_server(tmp_path_factory.mktemp("roomy"), models, memory_budget_mb=4000) as server:
         yield server
 
@@ -226,6 +232,25 @@ def test_models_list_command_shows_the_estimates() -> None:
         "MODEL                  ROLE     BACKEND    FORMAT  QUANT  CONTEXT  LOAD   EST MB",
         "smollm2-135m-instruct  primary  llama_cpp  gguf    Q4_1   4096     eager  247",
     ]
+
+
+def test_logprobs_from_a_model_with_logits(roomy: Server) -> None:
+    body = {"model": "logits", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4,
+            "temperature": 0, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    reply = httpx.post(f"{roomy.v1}/chat/completions", json=body, timeout=60).json()
+    assert_valid("CreateChatCompletionResponse", reply)
+    content = reply["choices"][0]["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == reply["choices"][0]["message"]["content"]
+    for token in content:
+        assert len(token["top_logprobs"]) == 2
+        assert token["logprob"] <= 0
+        assert token["top_logprobs"][0]["logprob"] >= token["top_logprobs"][1]["logprob"]
+        assert token["top_logprobs"][0]["token"] == token["token"], "temperature 0 picks the most likely token"
+    streamed = httpx.post(f"{roomy.v1}/chat/completions", json={**body, "stream": True}, timeout=60)
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
+    assert [c["choices"][0]["logprobs"]["content"][0]["token"] for c in chunks[1:-1]] == [t["token"] for t in content]
 
 
 def test_validate_command_reports_every_problem(tmp_path: Path) -> None:
