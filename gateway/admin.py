@@ -84,3 +84,16 @@ async def admin_budget(request: AnyRequest) -> Response[bytes]:
             "models": {e.id: e.reserved_mb for e in store.entries() if e.reserved_mb},
         }
     )
+
+
+@post("/admin/route", guards=[loopback_only], status_code=200)
+async def admin_route(request: AnyRequest) -> Response[bytes]:
+    """The routing decision for a chat-completion body, without generating anything."""
+    from gateway import convert
+    from gateway import protocol as p
+    from gateway.completions import decode, route
+    from gateway.routed import explain
+
+    body = await decode(request, p.chat_request_decoder)
+    role, decision = route(services_of(request), request, body.model, convert.chat_request(body))
+    return json_response(explain(role, decision))

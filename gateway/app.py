@@ -14,6 +14,7 @@ from gateway.services import Services
 from konsilium.config import Config
 from model_store.backend import Backend
 from model_store.store import ModelStore
+from routing.router import Router, load_routing_rules
 
 
 def create_app(
@@ -23,7 +24,8 @@ def create_app(
     clock: Callable[[], float] | None = None,
 ) -> Litestar:
     store = ModelStore(config, backends, clock=clock or time.monotonic)
-    services = Services(config=config, store=store)
+    router = Router(config, load_routing_rules(config), clock=clock or time.monotonic)
+    services = Services(config=config, store=store, router=router)
     return Litestar(
         route_handlers=[
             completions.chat_completions,
@@ -36,6 +38,7 @@ def create_app(
             admin.admin_load,
             admin.admin_unload,
             admin.admin_budget,
+            admin.admin_route,
         ],
         exception_handlers={Exception: render},
         state=State({"services": services}),

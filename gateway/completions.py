@@ -1,14 +1,16 @@
 """`POST /v1/chat/completions` and `POST /v1/completions`: one flow for both.
 
-decode + validate → GenerationRequest → route → backend.stream → wait for the first event (so a
-failure before the first byte is a proper HTTP error) → SSE stream, or the assembled JSON.
+decode + validate → GenerationRequest → route (role, target, fallbacks) → open the first target
+that answers (so a failure before the first byte falls back, or is a proper HTTP error) → SSE
+stream, or the assembled JSON.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -19,10 +21,15 @@ from gateway import convert
 from gateway import protocol as p
 from gateway.errors import from_decode_error
 from gateway.framing import ChatResponder, CompletionResponder, Responder
+from gateway.routed import estimate_tokens, facts, is_routed_model, route_headers, texts, wants, with_defaults
 from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
-from model_store.types import GenerationRequest
-from routing.policy import RouteInput, choose_route
+from konsilium.errors import ModelNotFoundError
+from model_store.store import Loading, StoreEvent
+from model_store.types import Finish, GenerationRequest
+from routing.policy import RouteDecision
+from routing.roles import RoleDecision
+from routing.router import AllTargetsFailedError, Router
 
 Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
 AnyRequest = Request[Any, Any, Any]
@@ -46,23 +53,71 @@ async def respond(
     make_responder: Callable[[str], Responder],
 ) -> Response[bytes] | Stream:
     services: Services = request.app.state.services
-    store = services.store
-    decision = choose_route(RouteInput(model=body.model), [e.id for e in store.entries()])
-    events = store.stream(decision.target, generation)
-    headers = {"x-konsilium-model": decision.target, "x-request-id": request_id(request)}
-    responder = make_responder(decision.target)
+    store, router = services.store, services.router
+    role, decision = route(services, request, body.model, generation)
+    if decision.target is None:
+        why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
+        raise AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
+
+    def open_target(target: str) -> AsyncGenerator[StoreEvent, None]:
+        return store.stream(target, with_defaults(generation, router.target_defaults(role.role, target)))
+
+    opened = await unless_disconnected(request.receive, router.open_first(decision, open_target))
+    headers = {**route_headers(role, decision, opened.target, opened.failed), "x-request-id": request_id(request)}
+    responder = make_responder(opened.target)
+    events = observed(router, opened.target, opened.events)
     try:
         if not body.stream:
-            collected = await unless_disconnected(request.receive, collect(events))
-            content = p.encoder.encode(responder.assemble(collected))
+            rest = await unless_disconnected(request.receive, collect(events))
+            first = [] if isinstance(opened.first, Loading) else [opened.first]
+            content = p.encoder.encode(responder.assemble([*first, *rest]))
             return Response(content=content, media_type="application/json", headers=headers)
-        first = await unless_disconnected(request.receive, anext(events))
     except BaseException:
         await events.aclose()
         raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    stream = sse_stream(responder, first, events, include_usage=include_usage)
+    stream = sse_stream(responder, opened.first, events, include_usage=include_usage)
     return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+
+def route(
+    services: Services, request: AnyRequest, model: str, generation: GenerationRequest
+) -> tuple[RoleDecision, RouteDecision]:
+    store, router = services.store, services.router
+    explicit = model in {e.id for e in store.entries()}
+    if not explicit and not is_routed_model(router, model):
+        raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
+    user_text, system_text = texts(generation)
+    return router.decide(
+        facts(store),
+        model=model,
+        explicit=explicit,
+        user_text=user_text,
+        system_text=system_text,
+        prompt_tokens=estimate_tokens(generation),
+        max_tokens=generation.max_tokens,
+        **wants(request, services.config.routing.ab_fraction),
+    )
+
+
+async def observed(
+    router: Router, target: str, events: AsyncGenerator[StoreEvent, None]
+) -> AsyncGenerator[StoreEvent, None]:
+    """Relay the events, and teach the router this target's latency from the finished answer."""
+    started = time.monotonic()
+    first_at: float | None = None
+    try:
+        async for event in events:
+            if first_at is None and not isinstance(event, Loading):
+                first_at = time.monotonic()
+            if isinstance(event, Finish) and first_at is not None:
+                now = time.monotonic()
+                router.observe(
+                    target, (first_at - started) * 1000, (now - started) * 1000, event.usage.completion_tokens
+                )
+            yield event
+    finally:
+        await events.aclose()
 
 
 def request_id(request: AnyRequest) -> str:

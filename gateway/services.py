@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from konsilium.config import Config
 from model_store.store import ModelStore
+from routing.router import Router
 
 
 @dataclass(frozen=True)
 class Services:
     config: Config
     store: ModelStore
+    router: Router

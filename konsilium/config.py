@@ -20,6 +20,8 @@ import yaml
 from konsilium.errors import ConfigError
 from konsilium.manifest import Manifest, duplicate_problems, manifest_files, rule_problems
 
+AgentRole = Literal["dev", "security", "qa", "architect", "ux", "seo", "director"]
+
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_MODEL = Manifest(
     id=DEFAULT_MODEL_ID,
@@ -43,6 +45,34 @@ def _default_models() -> list[Manifest]:
     return [DEFAULT_MODEL]
 
 
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class TargetRef(_Strict, frozen=True):
+    """One step of a role's fallback chain: a model, an optional adapter, default sampling."""
+
+    model: str
+    adapter: str | None = None  # LoRA adapter on a vLLM base (vLLM issue); recorded, not yet served
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+
+
+class RoleRoute(_Strict, frozen=True):
+    targets: list[TargetRef] = msgspec.field(default_factory=list)
+    latency_target_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class RoutingConfig(_Strict, frozen=True):
+    rules: str | None = None  # the triggers file; default: configs/routing.yaml of this checkout
+    local_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 30_000.0  # no first event by then: fall back
+    max_local_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
+    breaker_cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    ab_fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    roles: dict[AgentRole, RoleRoute] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8400
@@ -56,6 +86,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     load_failure_cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     admin_loopback_only: bool = True
     cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
 
 
 def default_config() -> Config:
@@ -86,9 +117,17 @@ def resolve_config(config: Config, *, source: str, base_dir: Path) -> Config:
         fixed, found_problems = check_manifest(manifest, directory, config.allow_external_api)
         problems += [f"{where}: {field}: {problem}" for field, problem in found_problems]
         resolved.append(fixed)
+    known = {m.id for m in resolved}
+    for role, route in config.routing.roles.items():
+        for i, target in enumerate(route.targets):
+            if target.model not in known:
+                problems.append(f"{source}: routing.roles.{role}.targets[{i}].model: unknown model {target.model!r}")
     if problems:
         raise ConfigError(problems)
-    return msgspec.structs.replace(config, models=resolved)
+    routing = config.routing
+    if routing.rules is not None:
+        routing = msgspec.structs.replace(routing, rules=str((base_dir / routing.rules).resolve()))
+    return msgspec.structs.replace(config, models=resolved, routing=routing)
 
 
 def read_manifest_dir(directory: Path) -> tuple[list[tuple[str, Path, Manifest]], list[str]]:

@@ -1,29 +1,143 @@
-"""`choose_route`: pure policy, plain data in, plain data out (no I/O, clock or logging).
+"""`choose_route`: from a role and a snapshot of the targets to a decision. Pure.
 
-Today a request names its model and gets exactly that model; the routing issue adds agent roles,
-triggers, latency and fallback chains behind this same signature.
+Plain data in, plain data out — no awaits, no clock, no logging. The chain is the explicitly
+requested model (if any) followed by the role's configured targets. Targets are skipped when
+they cannot serve: a cloud target while external APIs are off, an open circuit breaker, a
+context too small for the prompt (an estimate: when it would skip every target, the targets are
+kept and the model's own tokenizer decides). Targets that hold the prompt plus the whole
+`max_tokens` go before those that would clamp it (clients such as Continue ask for 4096). Among the rest, order is kept (it is the
+tier order the operator wrote) except where a request asks otherwise:
+
+- a latency budget moves the targets predicted to meet it to the front (prediction: the load
+  time if not resident, plus the queue ahead times the usual request time, plus the time to
+  first token);
+- an A/B request moves the first `secondary`-tier target to the front;
+- a requested tier (`x-konsilium-tier`) moves the first target of that tier to the front.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
-from konsilium.errors import ModelNotFoundError
+from routing.rules import AgentRole
+
+
+class TargetState(msgspec.Struct, frozen=True):
+    """What the router knows about one target right now."""
+
+    model: str
+    tier: str = "secondary"  # the manifest's role
+    resident: bool = False
+    cloud: bool = False
+    context_length: int | None = None
+    queue_depth: int = 0
+    ttft_ms: float | None = None  # exponentially weighted, from real traffic
+    request_ms: float | None = None  # a whole request, from real traffic
+    load_ms: float | None = None  # the last measured load, else None
+    breaker_open: bool = False
 
 
 class RouteInput(msgspec.Struct, frozen=True):
-    model: str
+    role: AgentRole
+    chain: tuple[str, ...]  # the role's configured targets, in tier order
+    explicit_model: str | None = None
+    prompt_tokens: int = 0
+    max_tokens: int | None = None
+    latency_budget_ms: float | None = None
+    ab: bool = False
+    tier: str | None = None
+    allow_external: bool = False
+
+
+class Skipped(msgspec.Struct, frozen=True):
+    target: str
+    why: str
 
 
 class RouteDecision(msgspec.Struct, frozen=True):
-    target: str
+    target: str | None
     fallbacks: tuple[str, ...] = ()
-    reason: str = "model"
+    skipped: tuple[Skipped, ...] = ()
+    reason: str = ""
 
 
-def choose_route(route_input: RouteInput, known_models: Collection[str]) -> RouteDecision:
-    if route_input.model not in known_models:
-        raise ModelNotFoundError(f"The model {route_input.model!r} does not exist.", param="model")
-    return RouteDecision(target=route_input.model)
+DEFAULT_LOAD_MS = 2_000.0
+DEFAULT_TTFT_MS = 200.0
+DEFAULT_REQUEST_MS = 2_000.0
+
+
+def choose_route(route: RouteInput, snapshot: Mapping[str, TargetState], reason: str) -> RouteDecision:
+    chain = list(dict.fromkeys(([route.explicit_model] if route.explicit_model else []) + list(route.chain)))
+    usable: list[str] = []
+    skipped: list[Skipped] = []
+    too_small: list[str] = []
+    for model in chain:
+        why = _why_skip(route, snapshot.get(model))
+        if why:
+            skipped.append(Skipped(target=model, why=why))
+        elif not _holds(route, snapshot[model], route.prompt_tokens + 1):
+            too_small.append(model)
+            skipped.append(Skipped(target=model, why=_context_why(snapshot[model], route.prompt_tokens + 1)))
+        else:
+            usable.append(model)
+    if not usable and too_small:  # the token count is an estimate: let the model's tokenizer decide
+        usable, skipped = too_small, [s for s in skipped if s.target not in too_small]
+    roomy = [m for m in usable if _holds(route, snapshot[m], route.prompt_tokens + (route.max_tokens or 1))]
+    usable = roomy + [m for m in usable if m not in roomy]  # whole max_tokens first; others clamp it
+    ordered, why_first = _order(route, usable, snapshot)
+    if not ordered:
+        return RouteDecision(target=None, skipped=tuple(skipped), reason="no target can serve this request")
+    return RouteDecision(
+        target=ordered[0], fallbacks=tuple(ordered[1:]), skipped=tuple(skipped), reason=why_first or reason
+    )
+
+
+def predicted_ms(state: TargetState) -> float:
+    load = 0.0 if state.resident else (state.load_ms or DEFAULT_LOAD_MS)
+    queue = state.queue_depth * (state.request_ms or DEFAULT_REQUEST_MS)
+    return load + queue + (state.ttft_ms or DEFAULT_TTFT_MS)
+
+
+def _why_skip(route: RouteInput, state: TargetState | None) -> str:
+    if state is None:
+        return "unknown model"
+    if state.cloud and not route.allow_external:
+        return "cloud target; allow_external_api is off"
+    if state.breaker_open:
+        return "circuit breaker open"
+    return ""
+
+
+def _holds(route: RouteInput, state: TargetState, tokens: int) -> bool:
+    return state.context_length is None or tokens <= state.context_length
+
+
+def _context_why(state: TargetState, tokens: int) -> str:
+    return f"context {state.context_length} < ~{tokens} tokens of prompt"
+
+
+def _order(route: RouteInput, usable: Sequence[str], snapshot: Mapping[str, TargetState]) -> tuple[list[str], str]:
+    ordered = list(usable)
+    if route.tier is not None:
+        ordered, moved = _front(ordered, lambda m: snapshot[m].tier == route.tier)
+        if moved:
+            return ordered, f"tier:{route.tier}"
+    if route.ab:
+        ordered, moved = _front(ordered, lambda m: snapshot[m].tier == "secondary")
+        if moved:
+            return ordered, "ab:secondary"
+    if route.latency_budget_ms is not None:
+        budget = route.latency_budget_ms
+        meets = [m for m in ordered if predicted_ms(snapshot[m]) <= budget]
+        if meets and meets[0] != (ordered[0] if ordered else None):
+            return meets + [m for m in ordered if m not in meets], f"latency:{budget:g}ms"
+    return ordered, ""
+
+
+def _front(models: list[str], wanted: Callable[[str], bool]) -> tuple[list[str], bool]:
+    for model in models:
+        if wanted(model):
+            return [model] + [m for m in models if m != model], model != models[0]
+    return models, False

@@ -6,15 +6,15 @@ Strict like every config: unknown keys are errors that name the file and the fie
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, get_args
 
 import msgspec
 import yaml
 
+from konsilium.config import AgentRole as AgentRole
 from konsilium.errors import ConfigError
 
-AgentRole = Literal["dev", "security", "qa", "architect", "ux", "seo", "director"]
-AGENT_ROLES: tuple[AgentRole, ...] = ("dev", "security", "qa", "architect", "ux", "seo", "director")
+AGENT_ROLES: tuple[AgentRole, ...] = get_args(AgentRole)
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -1,0 +1,117 @@
+"""Between the HTTP request and the router: the facts it reads, and the headers it answers with.
+
+Header values are ASCII: anything else is percent-encoded (`trigger:%D1%83%D1%8F...`); the JSON
+explain body carries the readable form.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+from litestar import Request
+
+from konsilium.errors import InvalidRequestError
+from model_store.store import ModelStore
+from model_store.types import GenerationRequest
+from routing.policy import RouteDecision, TargetState
+from routing.roles import RoleDecision
+from routing.router import Attempt, Router
+from routing.rules import AGENT_ROLES
+
+CHARS_PER_TOKEN = 3  # a conservative estimate (Russian text runs ~3 chars per token, English ~4)
+ROUTED_MODELS = ("auto", "konsilium")
+
+
+def is_routed_model(router: Router, model: str) -> bool:
+    """`auto`, a role (`security`, `role:security`) or a configured alias: the router picks."""
+    name = model.removeprefix("role:")
+    return model in ROUTED_MODELS or name in AGENT_ROLES or name in router.rules.aliases
+
+
+def facts(store: ModelStore) -> dict[str, TargetState]:
+    out = {}
+    for entry in store.entries():
+        m = entry.manifest
+        out[entry.id] = TargetState(
+            model=entry.id,
+            tier=m.role,
+            resident=store.state_of(entry) == "ready",
+            cloud=m.backend_name == "openai" and not _loopback(m.url),
+            context_length=entry.backend.info.context_length,
+            queue_depth=entry.queued + entry.in_flight,
+            load_ms=None if entry.load_seconds is None else entry.load_seconds * 1000,
+        )
+    return out
+
+
+def _loopback(url: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    from konsilium.config import is_loopback
+
+    return bool(url) and is_loopback(urlsplit(url or "").hostname or "")
+
+
+def estimate_tokens(generation: GenerationRequest) -> int:
+    chars = len(generation.prompt) + len(generation.suffix or "")
+    chars += sum(len(m.content) + 8 for m in generation.messages)
+    return chars // CHARS_PER_TOKEN + 1
+
+
+def texts(generation: GenerationRequest) -> tuple[str, str]:
+    """The last user message (or the prompt) and the system prompt: what triggers read."""
+    users = [m.content for m in generation.messages if m.role == "user"]
+    system = "\n".join(m.content for m in generation.messages if m.role == "system")
+    return (users[-1] if users else generation.prompt), system
+
+
+def wants(request: Request[Any, Any, Any], ab_fraction: float) -> dict[str, Any]:
+    headers = request.headers
+    budget = headers.get("x-konsilium-latency-budget-ms")
+    try:
+        budget_ms = float(budget) if budget is not None else None
+    except ValueError as exc:
+        raise InvalidRequestError(
+            "x-konsilium-latency-budget-ms must be a number", param="x-konsilium-latency-budget-ms"
+        ) from exc
+    tier = headers.get("x-konsilium-tier")
+    if tier is not None and tier not in ("primary", "secondary", "lightweight", "micro", "optional_moe"):
+        raise InvalidRequestError(f"unknown tier {tier!r}", param="x-konsilium-tier")
+    ab = headers.get("x-konsilium-ab") in ("1", "true") or (ab_fraction > 0 and random.random() < ab_fraction)
+    return {"header_role": headers.get("x-konsilium-role"), "latency_budget_ms": budget_ms, "tier": tier, "ab": ab}
+
+
+def with_defaults(generation: GenerationRequest, defaults: dict[str, float]) -> GenerationRequest:
+    missing = {k: v for k, v in defaults.items() if getattr(generation, k) is None}
+    return msgspec.structs.replace(generation, **missing) if missing else generation
+
+
+def route_headers(role: RoleDecision, decision: RouteDecision, target: str, failed: list[Attempt]) -> dict[str, str]:
+    reason = decision.reason if not failed else f"{decision.reason};fallback"
+    return {
+        "x-konsilium-model": target,
+        "x-konsilium-role": role.role,
+        "x-konsilium-route": _ascii(reason),
+        "x-konsilium-fallbacks": ",".join(_ascii(a.target) for a in failed),
+        "x-konsilium-matched": ",".join(_ascii(m) for m in role.matched),
+    }
+
+
+def _ascii(text: str) -> str:
+    return quote(text, safe=":;/._-~@+=")
+
+
+def explain(role: RoleDecision, decision: RouteDecision) -> dict[str, object]:
+    return {
+        "role": role.role,
+        "source": role.source,
+        "language": role.language,
+        "matched": list(role.matched),
+        "target": {"model": decision.target, "adapter": None},
+        "fallbacks": list(decision.fallbacks),
+        "skipped": [{"target": s.target, "why": s.why} for s in decision.skipped],
+        "reason": decision.reason,
+    }

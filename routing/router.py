@@ -1,0 +1,212 @@
+"""The router: the pure decisions, plus what they need from the world — and the fallback loop.
+
+`decide()` resolves the role (triggers) and chooses the target (policy) from a snapshot of the
+targets that merges the store's facts with the latency and breaker state learned here.
+`open_first()` walks the chain: it opens the target, waits for its first event (within
+`local_timeout_ms`), and moves on when the target fails before that — connection refused, 5xx,
+a load that fails or does not fit, a full queue, no first event in time. After the first event
+the target is kept: a later failure ends the answer with an error, never with a switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import msgspec
+
+from konsilium.config import Config, RoleRoute
+from konsilium.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    ContextLengthExceededError,
+    GatewayError,
+    InvalidRequestError,
+    RateLimitError,
+    UnsupportedParameterError,
+)
+from routing.health import Breaker, Latency
+from routing.policy import RouteDecision, RouteInput, TargetState, choose_route
+from routing.roles import RoleDecision, resolve_role
+from routing.rules import AgentRole, RoutingRules, load_rules
+from routing.triggers import TriggerIndex
+
+DEFAULT_RULES = Path(__file__).resolve().parents[1] / "configs" / "routing.yaml"
+TIER_ORDER = ("primary", "secondary", "lightweight", "micro", "optional_moe")
+# A target that fails for one of these reasons may succeed elsewhere; other client errors may not.
+RETRY_ELSEWHERE = (ContextLengthExceededError, UnsupportedParameterError)
+
+E = TypeVar("E")
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    target: str
+    error: str  # the error's code
+    ms: int
+
+
+class AllTargetsFailedError(BackendUnavailableError):
+    default_code = "all_targets_failed"
+
+
+@dataclass
+class Opened(Generic[E]):
+    target: str
+    first: E
+    events: AsyncGenerator[E, None]
+    failed: list[Attempt]
+
+
+def load_routing_rules(config: Config) -> RoutingRules:
+    path = Path(config.routing.rules) if config.routing.rules else DEFAULT_RULES
+    return load_rules(path) if path.is_file() else RoutingRules()
+
+
+class Router:
+    def __init__(self, config: Config, rules: RoutingRules, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._routing = config.routing
+        self.rules = rules
+        self.index = TriggerIndex(rules)
+        self._clock = clock
+        self._local = {m.id for m in config.models if m.backend_name != "openai"}
+        self._tiers = sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))
+        self.latency: dict[str, Latency] = {}
+        self.breakers = {
+            m.id: Breaker(self._routing.breaker_failures, self._routing.breaker_cooldown_s, clock)
+            for m in config.models
+        }
+
+    # ---- deciding (no awaits) ----------------------------------------------------------------
+    def decide(
+        self,
+        facts: Mapping[str, TargetState],
+        *,
+        header_role: str | None,
+        model: str,
+        explicit: bool,
+        user_text: str,
+        system_text: str,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        latency_budget_ms: float | None,
+        ab: bool,
+        tier: str | None,
+    ) -> tuple[RoleDecision, RouteDecision]:
+        role = resolve_role(
+            self.rules, self.index, header=header_role, model=model, user_text=user_text, system_text=system_text
+        )
+        route = self._routing.roles.get(role.role)
+        budget = latency_budget_ms if latency_budget_ms is not None else (route.latency_target_ms if route else None)
+        chain = self._chain(route, explicit)
+        decision = choose_route(
+            RouteInput(
+                role=role.role,
+                chain=chain,
+                explicit_model=model if explicit else None,
+                prompt_tokens=prompt_tokens,
+                max_tokens=max_tokens,
+                latency_budget_ms=budget,
+                ab=ab,
+                tier=tier,
+                allow_external=self._config.allow_external_api,
+            ),
+            self.snapshot(facts),
+            reason="model" if explicit else _reason(role),
+        )
+        return role, decision
+
+    def _chain(self, route: RoleRoute | None, explicit: bool) -> tuple[str, ...]:
+        if route is not None and route.targets:
+            return tuple(t.model for t in route.targets)
+        return () if explicit else tuple(m.id for m in self._tiers)  # no chain configured: every model, by tier
+
+    def snapshot(self, facts: Mapping[str, TargetState]) -> dict[str, TargetState]:
+        out = {}
+        for model, state in facts.items():
+            latency = self.latency.get(model, Latency())
+            breaker = self.breakers.get(model)
+            out[model] = msgspec.structs.replace(
+                state,
+                ttft_ms=latency.ttft_ms,
+                request_ms=latency.request_ms,
+                breaker_open=bool(breaker and breaker.blocked()),
+            )
+        return out
+
+    def target_defaults(self, role: AgentRole, model: str) -> dict[str, float]:
+        """The sampling defaults the role's chain sets for this target (the client's values win)."""
+        route = self._routing.roles.get(role)
+        for target in route.targets if route else ():
+            if target.model == model:
+                return {
+                    k: v for k, v in (("temperature", target.temperature), ("top_p", target.top_p)) if v is not None
+                }
+        return {}
+
+    # ---- the fallback loop -------------------------------------------------------------------
+    async def open_first(
+        self, decision: RouteDecision, open_target: Callable[[str], AsyncGenerator[E, None]]
+    ) -> Opened[E]:
+        failed: list[Attempt] = []
+        errors: list[GatewayError] = []
+        local_tries = 0
+        assert decision.target is not None
+        for target in (decision.target, *decision.fallbacks):
+            local = target in self._local
+            if local and local_tries >= self._routing.max_local_attempts:
+                continue
+            local_tries += local
+            breaker = self.breakers[target]
+            breaker.attempt()
+            started = self._clock()
+            events = open_target(target)
+            try:
+                first = await self._first(events, local)
+            except GatewayError as error:
+                if isinstance(error, InvalidRequestError):
+                    if not isinstance(error, RETRY_ELSEWHERE):
+                        raise
+                    breaker.success()  # the target is healthy; this request was too much for it
+                else:
+                    breaker.failure()
+                errors.append(error)
+                failed.append(Attempt(target=target, error=error.code, ms=round((self._clock() - started) * 1000)))
+                continue
+            breaker.success()
+            return Opened(target=target, first=first, events=events, failed=failed)
+        raise _all_failed(failed, errors)
+
+    async def _first(self, events: AsyncGenerator[E, None], local: bool) -> E:
+        timeout = self._routing.local_timeout_ms / 1000 if local else None
+        try:
+            return await asyncio.wait_for(anext(events), timeout)
+        except TimeoutError as exc:
+            await events.aclose()
+            raise BackendTimeoutError(f"no first event within {self._routing.local_timeout_ms:g} ms") from exc
+        except StopAsyncIteration as exc:
+            raise BackendUnavailableError("the target ended before answering") from exc
+
+    def observe(self, target: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
+        self.latency.setdefault(target, Latency()).observe(ttft_ms, total_ms, tokens)
+
+
+def _reason(role: RoleDecision) -> str:
+    if role.source in ("trigger", "system") and role.matched:
+        return f"{role.source}:{role.matched[0]}"
+    return role.source
+
+
+def _all_failed(failed: list[Attempt], errors: list[GatewayError]) -> GatewayError:
+    if len(errors) == 1:
+        return errors[0]  # one target, one failure: its own error says it best
+    if errors and all(isinstance(e, InvalidRequestError) for e in errors):
+        return errors[-1]  # every target refused the request itself: that is the client's answer
+    listing = "; ".join(f"{a.target}: {a.error} ({a.ms} ms)" for a in failed) or "no target could be tried"
+    if errors and isinstance(errors[-1], RateLimitError):
+        return RateLimitError(f"every target failed: {listing}", retry_after=errors[-1].retry_after or 1)
+    return AllTargetsFailedError(f"every target failed: {listing}", retry_after=5)
