@@ -17,11 +17,11 @@ from konsilium.errors import InvalidRequestError
 from model_store.store import ModelStore
 from model_store.types import GenerationRequest
 from routing.policy import RouteDecision, TargetState
+from routing.policy import estimate_tokens as prompt_tokens
 from routing.roles import RoleDecision
-from routing.router import Attempt, Router
+from routing.router import Attempt, Router, is_cloud
 from routing.rules import AGENT_ROLES
 
-CHARS_PER_TOKEN = 3  # a conservative estimate (Russian text runs ~3 chars per token, English ~4)
 ROUTED_MODELS = ("auto", "konsilium")
 
 
@@ -39,7 +39,7 @@ def facts(store: ModelStore) -> dict[str, TargetState]:
             model=entry.id,
             tier=m.role,
             resident=store.state_of(entry) == "ready",
-            cloud=m.backend_name == "openai" and not _loopback(m.url),
+            cloud=is_cloud(m),
             context_length=entry.backend.info.context_length,
             queue_depth=entry.queued + entry.in_flight,
             load_ms=None if entry.load_seconds is None else entry.load_seconds * 1000,
@@ -47,18 +47,10 @@ def facts(store: ModelStore) -> dict[str, TargetState]:
     return out
 
 
-def _loopback(url: str | None) -> bool:
-    from urllib.parse import urlsplit
-
-    from konsilium.config import is_loopback
-
-    return bool(url) and is_loopback(urlsplit(url or "").hostname or "")
-
-
 def estimate_tokens(generation: GenerationRequest) -> int:
     chars = len(generation.prompt) + len(generation.suffix or "")
-    chars += sum(len(m.content) + 8 for m in generation.messages)
-    return chars // CHARS_PER_TOKEN + 1
+    chars += sum(len(m.content) + 8 for m in generation.messages)  # + the template's few tokens
+    return prompt_tokens(chars)
 
 
 def texts(generation: GenerationRequest) -> tuple[str, str]:

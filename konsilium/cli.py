@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--revision")
     pull.add_argument("--id", dest="model_id")
     pull.add_argument("--models-dir", type=Path, default=Path("configs/models"))
+    route = commands.add_parser("route", help="explain where a prompt would be routed, without a server")
+    route.add_argument("text")
+    route.add_argument("--system", default="", help="a system prompt")
+    route.add_argument("--model", default="auto", help="the request's model field (default: auto)")
+    route.add_argument("--role", help="as the x-konsilium-role header")
+    _config_option(route)
     schema = commands.add_parser("config-schema", help="print the JSON schema of the config (or a manifest)")
     schema.add_argument("--manifest", action="store_true")
     return parser
@@ -104,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         serve(_config(args))
     elif args.command == "ps":
         return commands.ps(args.url)
+    elif args.command == "route":
+        return commands.route(_config(args), args.text, args.system, args.model, args.role)
     elif args.command == "pull":
         return commands.pull(args.repo, args.file, args.models_dir, args.revision, args.model_id)
     elif args.action == "list":

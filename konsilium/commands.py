@@ -67,3 +67,26 @@ def pull(repo: str, filename: str, models_dir: Path, revision: str | None, model
         return 1
     print(f"wrote {written}")
     return 0
+
+
+def route(config: Config, text: str, system: str, model: str, role: str | None) -> int:
+    """What `POST /admin/route` answers, computed here; every model counts as not loaded."""
+    from routing.policy import TargetState, estimate_tokens
+    from routing.router import Router, is_cloud, load_routing_rules
+
+    router = Router(config, load_routing_rules(config))
+    facts = {
+        m.id: TargetState(
+            model=m.id, tier=m.role, cloud=is_cloud(m), context_length=m.context_window if m.path else m.context_length
+        )
+        for m in config.models
+    }
+    explicit = model in facts
+    role_decision, decision = router.decide(
+        facts, header_role=role, model=model, explicit=explicit, user_text=text, system_text=system,
+        prompt_tokens=estimate_tokens(len(text + system)), max_tokens=None, latency_budget_ms=None, ab=False, tier=None,
+    )  # fmt: skip
+    from gateway.routed import explain
+
+    print(json.dumps(explain(role_decision, decision), ensure_ascii=False, indent=2))
+    return 0

@@ -5,8 +5,8 @@ requested model (if any) followed by the role's configured targets. Targets are 
 they cannot serve: a cloud target while external APIs are off, an open circuit breaker, a
 context too small for the prompt (an estimate: when it would skip every target, the targets are
 kept and the model's own tokenizer decides). Targets that hold the prompt plus the whole
-`max_tokens` go before those that would clamp it (clients such as Continue ask for 4096). Among the rest, order is kept (it is the
-tier order the operator wrote) except where a request asks otherwise:
+`max_tokens` go before those that would clamp it (clients such as Continue ask for 4096).
+Otherwise order is kept (it is the tier order the operator wrote) except where a request asks:
 
 - a latency budget moves the targets predicted to meet it to the front (prediction: the load
   time if not resident, plus the queue ahead times the usual request time, plus the time to
@@ -63,6 +63,7 @@ class RouteDecision(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
+CHARS_PER_TOKEN = 3  # a conservative estimate: Russian runs ~3 characters a token, English ~4
 DEFAULT_LOAD_MS = 2_000.0
 DEFAULT_TTFT_MS = 200.0
 DEFAULT_REQUEST_MS = 2_000.0
@@ -92,6 +93,11 @@ def choose_route(route: RouteInput, snapshot: Mapping[str, TargetState], reason:
     return RouteDecision(
         target=ordered[0], fallbacks=tuple(ordered[1:]), skipped=tuple(skipped), reason=why_first or reason
     )
+
+
+def estimate_tokens(chars: int) -> int:
+    """The prompt's size in tokens before any tokenizer is at hand (the model's own check follows)."""
+    return chars // CHARS_PER_TOKEN + 1
 
 
 def predicted_ms(state: TargetState) -> float:

@@ -16,10 +16,11 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
-from konsilium.config import Config, RoleRoute
+from konsilium.config import Config, RoleRoute, is_loopback
 from konsilium.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -29,6 +30,7 @@ from konsilium.errors import (
     RateLimitError,
     UnsupportedParameterError,
 )
+from konsilium.manifest import Manifest
 from routing.health import Breaker, Latency
 from routing.policy import RouteDecision, RouteInput, TargetState, choose_route
 from routing.roles import RoleDecision, resolve_role
@@ -73,7 +75,7 @@ class Router:
         self.rules = rules
         self.index = TriggerIndex(rules)
         self._clock = clock
-        self._local = {m.id for m in config.models if m.backend_name != "openai"}
+        self._local = {m.id for m in config.models if not is_cloud(m)}
         self._tiers = sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))
         self.latency: dict[str, Latency] = {}
         self.breakers = {
@@ -193,6 +195,13 @@ class Router:
 
     def observe(self, target: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
         self.latency.setdefault(target, Latency()).observe(ttft_ms, total_ms, tokens)
+
+
+def is_cloud(manifest: Manifest) -> bool:
+    """A model outside this machine: an `openai` backend whose URL is not loopback."""
+    if manifest.backend_name != "openai" or manifest.url is None:
+        return False
+    return not is_loopback(urlsplit(manifest.url).hostname or "")
 
 
 def _reason(role: RoleDecision) -> str:
