@@ -167,7 +167,8 @@ class ModelStore:
             try:
                 task = await self._start_load(entry)
                 if task is not None:
-                    yield Loading(model=model_id)
+                    if entry.manifest.backend_name != "openai":  # a remote model has nothing to wait for
+                        yield Loading(model=model_id)
                     await asyncio.shield(task)
                 async for event in entry.backend.stream(request):
                     yield event

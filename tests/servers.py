@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,3 +107,31 @@ def pid_alive(pid: int) -> bool:
     with contextlib.suppress(FileNotFoundError):
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower().split("state:")[1][:20]
     return False
+
+
+@contextlib.contextmanager
+def never_answering_server() -> Iterator[int]:
+    """A test double for a hung model server (which cannot be made on purpose with a real one
+    reliably): it accepts connections on a loopback port, reads, and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stopping.set()
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()
+        listener.close()

@@ -1,0 +1,182 @@
+"""Routing end to end: roles to their own models, fallbacks, timeouts, breakers, latency budgets.
+
+Real parts: Konsilium processes, SmolLM2 in llama.cpp workers, a second Konsilium as a remote
+primary (killed during the test). One test double: a server that accepts and never answers,
+standing in for a hung model server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.openapi import assert_valid
+from tests.servers import Server, free_port, llama_model, never_answering_server, run_server
+
+pytestmark = pytest.mark.e2e
+
+
+def smol(model_id: str, **options: object) -> dict[str, object]:
+    return llama_model(model_id, n_ctx=512, **options)
+
+
+def remote(model_id: str, url: str) -> dict[str, object]:
+    return {"id": model_id, "format": "remote", "url": url, "upstream_model": "upstream", "connect_timeout_s": 2}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(tmp_path_factory.mktemp("upstream"), [smol("upstream")]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def routed(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with never_answering_server() as hung_port:
+        models = [
+            smol("general", role="lightweight", load="eager"),
+            smol("sec", load="on_demand"),
+            smol("cold-big", load="on_demand"),
+            remote("stuck", f"http://127.0.0.1:{hung_port}/v1"),
+            remote("remote-primary", upstream.v1),
+            remote("dead-1", f"http://127.0.0.1:{free_port()}/v1"),
+            remote("dead-2", f"http://127.0.0.1:{free_port()}/v1"),
+        ]
+        routing = {
+            "local_timeout_ms": 3000,
+            "breaker_failures": 2,
+            "breaker_cooldown_s": 600,
+            "roles": {
+                "security": {"targets": [{"model": "sec"}, {"model": "general"}]},
+                "qa": {"targets": [{"model": "stuck"}, {"model": "general"}]},
+                "architect": {"targets": [{"model": "remote-primary"}, {"model": "general"}]},
+                "director": {"targets": [{"model": "dead-1"}, {"model": "dead-2"}]},
+                "ux": {"targets": [{"model": "cold-big"}, {"model": "general"}]},
+                "dev": {"targets": [{"model": "general"}]},
+            },
+        }
+        tmp = tmp_path_factory.mktemp("routed")
+        with run_server(tmp, models, routing=routing, memory_budget_mb=4000) as server:
+            yield server
+
+
+def ask(server: Server, text: str, model: str = "auto", **headers: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 4, "temperature": 0}
+    return httpx.post(f"{server.v1}/chat/completions", json=body, headers=headers, timeout=120)
+
+
+def test_a_role_goes_to_its_own_model(routed: Server) -> None:
+    reply = ask(routed, "проверь уязвимости в этом коде")
+    assert reply.status_code == 200, reply.text
+    assert_valid("CreateChatCompletionResponse", reply.json())
+    assert reply.json()["model"] == "sec"
+    assert reply.headers["x-konsilium-model"] == "sec"
+    assert reply.headers["x-konsilium-role"] == "security"
+    assert reply.headers["x-konsilium-route"] == "trigger:" + quote("провер уязвим")
+    assert reply.headers["x-konsilium-matched"] == f"{quote('провер уязвим')},{quote('уязвим')}"
+    assert reply.headers["x-konsilium-fallbacks"] == ""
+
+
+@pytest.mark.parametrize(
+    ("model", "headers"), [("auto", {"x-konsilium-role": "security"}), ("security", {}), ("role:security", {})]
+)
+def test_explicit_roles(routed: Server, model: str, headers: dict[str, str]) -> None:
+    reply = ask(routed, "hello there", model=model, **headers)
+    assert (reply.headers["x-konsilium-model"], reply.headers["x-konsilium-role"]) == ("sec", "security")
+
+
+def test_the_remote_primary_answers_then_dies_and_the_fallback_answers(routed: Server, upstream: Server) -> None:
+    prompt = "спроектируй архитектуру сервиса уведомлений"
+    first = ask(routed, prompt)
+    assert (first.status_code, first.headers["x-konsilium-model"]) == (200, "remote-primary")
+    upstream.process.kill()
+    upstream.process.wait(timeout=10)
+    second = ask(routed, prompt)
+    assert second.status_code == 200, second.text
+    assert second.headers["x-konsilium-model"] == "general"
+    assert second.json()["model"] == "general"
+    assert second.headers["x-konsilium-fallbacks"] == "remote-primary"
+    assert second.headers["x-konsilium-route"].endswith(";fallback")
+
+
+def test_a_model_that_never_answers_is_left_after_local_timeout(routed: Server) -> None:
+    reply = ask(routed, "покрой тестами модуль оплаты")
+    assert reply.status_code == 200, reply.text
+    assert (reply.headers["x-konsilium-role"], reply.headers["x-konsilium-model"]) == ("qa", "general")
+    assert reply.headers["x-konsilium-fallbacks"] == "stuck"
+
+
+def test_every_target_down_is_one_503_listing_the_attempts(routed: Server) -> None:
+    reply = ask(routed, "подведи итог обсуждения")
+    assert reply.status_code == 503
+    assert int(reply.headers["retry-after"]) >= 1
+    assert_valid("ErrorResponse", reply.json())
+    error = reply.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "all_targets_failed")
+    assert error["message"].startswith("every target failed: dead-1: model_unavailable (")
+    assert "; dead-2: model_unavailable (" in error["message"]
+
+
+def test_breakers_open_after_repeated_failures(routed: Server) -> None:
+    ask(routed, "подведи итог обсуждения")  # the second failure in a row for both
+    explained = explain(routed, "подведи итог обсуждения")
+    assert explained["target"] == {"model": None, "adapter": None}
+    assert explained["skipped"] == [
+        {"target": "dead-1", "why": "circuit breaker open"},
+        {"target": "dead-2", "why": "circuit breaker open"},
+    ]
+    reply = ask(routed, "подведи итог обсуждения")
+    assert (reply.status_code, reply.json()["error"]["code"]) == (503, "all_targets_failed")
+    assert "circuit breaker open" in reply.json()["error"]["message"]
+
+
+def test_a_latency_budget_only_the_resident_model_meets(routed: Server) -> None:
+    prompt = "улучши интерфейс этой формы"
+    fast = ask(routed, prompt, **{"x-konsilium-latency-budget-ms": "500"})
+    assert (fast.headers["x-konsilium-role"], fast.headers["x-konsilium-model"]) == ("ux", "general")
+    assert fast.headers["x-konsilium-route"] == "latency:500ms"
+    patient = ask(routed, prompt)
+    assert patient.headers["x-konsilium-model"] == "cold-big"
+
+
+def explain(server: Server, text: str) -> dict[str, Any]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+    reply = httpx.post(f"{server.base_url}/admin/route", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+def test_explain_without_generating(routed: Server) -> None:
+    assert explain(routed, "напиши тесты на XSS") == {
+        "role": "security",
+        "source": "trigger",
+        "language": "ru",
+        "matched": ["xss"],
+        "target": {"model": "sec", "adapter": None},
+        "fallbacks": ["general"],
+        "skipped": [],
+        "reason": "trigger:xss",
+    }
+
+
+def test_route_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "konsilium.cli", "route", "ntcns lkz vjlekz jgkfns"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    decision = json.loads(result.stdout)
+    assert (decision["role"], decision["matched"], decision["target"]["model"]) == (
+        "qa", ["тест"], "smollm2-135m-instruct",
+    )  # fmt: skip
