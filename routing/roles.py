@@ -18,6 +18,7 @@ from konsilium.errors import InvalidRequestError
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules
 from routing.triggers import Hit, TriggerIndex
 
+NOT_LETTERS = bytes(c for c in range(128) if not chr(c).isalpha())
 Source = Literal["header", "alias", "trigger", "system", "default"]
 Language = Literal["ru", "en", "mixed", "none"]
 
@@ -74,8 +75,12 @@ def _priority(rules: RoutingRules, role: AgentRole) -> int:
 
 
 def detect_language(text: str) -> Language:
-    letters = [c for c in text[:2000] if c.isalpha()]
-    if not letters:
+    """By letter counts in the first 2000 characters (non-ASCII letters taken as Cyrillic)."""
+    sample = text[:2000]
+    ascii_bytes = sample.encode("ascii", "ignore")
+    latin = len(ascii_bytes.translate(None, NOT_LETTERS))
+    cyrillic = len(sample) - len(ascii_bytes)  # non-ASCII characters: in practice Cyrillic letters
+    if not cyrillic + latin:
         return "none"
-    cyrillic = sum("а" <= c.lower() <= "я" or c in "ёЁ" for c in letters) / len(letters)
-    return "ru" if cyrillic > 0.8 else "en" if cyrillic < 0.05 else "mixed"
+    share = cyrillic / (cyrillic + latin)
+    return "ru" if share > 0.8 else "en" if share < 0.05 else "mixed"
