@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<44}{statistics.median(samples):>10.1f}{percentile(samples, 0.99):>10.1f}")
         verdict = verdict or percentile(warm, 0.99)
     print(
-        f"typical warm p99 {verdict:.1f} us, target <= {TARGET_P99_US:g} us: {'PASS' if verdict <= TARGET_P99_US else 'MISS'}"
+        f"typical warm p99 {verdict:.1f} us, target <= {TARGET_P99_US:g} us: "
+        f"{'PASS' if verdict <= TARGET_P99_US else 'MISS'}"
     )
     return 0
 
