@@ -23,7 +23,8 @@ PUNCT = "[];',.`"
 SUBWORD = re.compile(r"[a-z0-9]+")
 MAX_TRANSLIT_SUFFIX = 7
 MIN_TRANSLIT_KEY = 4
-MEMO_SIZE = 200_000  # distinct tokens remembered; cleared when full
+MEMO_SIZE = 200_000
+_NONE: frozenset[str] = frozenset()  # distinct tokens remembered; cleared when full
 
 Reading = tuple[str, str]  # ("ru" | "en" | "term", stem or term)
 
@@ -64,6 +65,8 @@ class TriggerIndex:
         self._chunk_readings = lru_cache(maxsize=MEMO_SIZE)(self._chunk_readings)  # type: ignore[method-assign]
         self._chunks: dict[str, tuple[Trigger, ...]] = {}  # chunk -> triggers anchored in it
         self._known: set[str] = set()  # the chunks above, as a set for C-speed differences
+        self._phrase_words = frozenset(r for t in self.triggers if t.kind == "phrase" for r in t.readings)
+        self._chunks_by_word: dict[Reading, set[str]] = {}  # a phrase word -> the chunks that carry it
         self._hot: set[str] = set()  # the chunks above that anchor anything
 
     def match(self, text: str) -> list[Hit]:
@@ -76,7 +79,8 @@ class TriggerIndex:
         for chunk in distinct & self._hot:
             for trigger in self._chunks[chunk]:
                 if trigger.kind == "phrase":
-                    anchors.append(chunk)
+                    if self._all_words_present(trigger, distinct):
+                        anchors.append(chunk)
                 elif trigger.label not in found or normalized.find(chunk) < found[trigger.label].position:
                     found[trigger.label] = Hit(trigger, normalized.find(chunk))
         if anchors:
@@ -86,6 +90,7 @@ class TriggerIndex:
     def forget(self) -> None:
         """Empty the per-token memory (the benchmark measures the cold case with it)."""
         self._chunks.clear()
+        self._chunks_by_word.clear()
         self._known.clear()
         self._hot.clear()
         self.readings_of.cache_clear()
@@ -97,6 +102,8 @@ class TriggerIndex:
         found = tuple(t for reading in self._chunk_readings(chunk) for t in self._by_anchor.get(reading, ()))
         self._chunks[chunk] = found
         self._known.add(chunk)
+        for reading in self._chunk_readings(chunk) & self._phrase_words:
+            self._chunks_by_word.setdefault(reading, set()).add(chunk)
         if found:
             self._hot.add(chunk)
         return found
@@ -112,6 +119,11 @@ class TriggerIndex:
                     continue  # cheap test first: every word of the phrase is somewhere near
                 if self._spelled_in(trigger, [t for c in near for t in TOKEN.findall(c)]):
                     found[trigger.label] = Hit(trigger, normalized.find(chunk))
+
+    def _all_words_present(self, trigger: Trigger, distinct: set[str]) -> bool:
+        """Set arithmetic in C: does some chunk of the text carry each word of the phrase?"""
+        by_word = self._chunks_by_word
+        return all(not by_word.get(r, _NONE).isdisjoint(distinct) for r in trigger.readings)
 
     def _chunk_readings(self, chunk: str) -> frozenset[Reading]:
         return frozenset(r for token in TOKEN.findall(chunk) for r in self.readings_of(token))
@@ -170,12 +182,4 @@ def _anchor(trigger: Trigger) -> int:
 
 
 def _occurrences(chunks: list[str], wanted: set[str]) -> Iterator[tuple[int, str]]:
-    """Where the wanted chunks stand (list.index searches in C)."""
-    for chunk in wanted:
-        index = -1
-        while True:
-            try:
-                index = chunks.index(chunk, index + 1)
-            except ValueError:
-                break
-            yield index, chunk
+    return ((index, chunk) for index, chunk in enumerate(chunks) if chunk in wanted)
