@@ -47,9 +47,9 @@ class Hit:
 
 class TriggerIndex:
     """Matching is two-speed. The fast path looks each distinct whitespace-separated chunk up in
-    a memo (chunk -> the triggers it can start), which settles terms and single words. Only when
-    a chunk holds a phrase's anchor — its longest, rarest word — are the text's tokens walked to
-    check the phrase's other words in place."""
+    a memo (chunk -> the triggers anchored in it), which settles terms and single words; new
+    chunks are found with set arithmetic. A phrase is checked in place — in the chunks around its
+    anchor (its longest stem) — only when every one of its words occurs somewhere in the text."""
 
     def __init__(self, rules: RoutingRules) -> None:
         self._ru = Stemmer.Stemmer("russian")  # PyStemmer: Snowball in C, ~70x the pure-Python speed
@@ -62,7 +62,7 @@ class TriggerIndex:
         self._translit = {translit_key(s): s for s in russian if len(translit_key(s)) >= MIN_TRANSLIT_KEY}
         self._translit_lengths = sorted({len(k) for k in self._translit})
         self.readings_of = lru_cache(maxsize=MEMO_SIZE)(self._readings_of)
-        self._chunk_readings = lru_cache(maxsize=MEMO_SIZE)(self._chunk_readings)  # type: ignore[method-assign]
+        self.chunk_readings = lru_cache(maxsize=MEMO_SIZE)(self._chunk_readings)
         self._chunks: dict[str, tuple[Trigger, ...]] = {}  # chunk -> triggers anchored in it
         self._known: set[str] = set()  # the chunks above, as a set for C-speed differences
         self._phrase_words = frozenset(r for t in self.triggers if t.kind == "phrase" for r in t.readings)
@@ -94,15 +94,16 @@ class TriggerIndex:
         self._known.clear()
         self._hot.clear()
         self.readings_of.cache_clear()
-        self._chunk_readings.cache_clear()  # type: ignore[attr-defined]
+        self.chunk_readings.cache_clear()
 
     def _remember(self, chunk: str) -> tuple[Trigger, ...]:
         if len(self._chunks) >= MEMO_SIZE:
             self.forget()
-        found = tuple(t for reading in self._chunk_readings(chunk) for t in self._by_anchor.get(reading, ()))
+        readings = self.chunk_readings(chunk)
+        found = tuple(t for reading in readings for t in self._by_anchor.get(reading, ()))
         self._chunks[chunk] = found
         self._known.add(chunk)
-        for reading in self._chunk_readings(chunk) & self._phrase_words:
+        for reading in readings & self._phrase_words:
             self._chunks_by_word.setdefault(reading, set()).add(chunk)
         if found:
             self._hot.add(chunk)
@@ -113,7 +114,7 @@ class TriggerIndex:
         chunks = normalized.split()
         for index, chunk in _occurrences(chunks, anchors):
             near = chunks[max(0, index - 2) : index + 3]
-            present = set().union(*(self._chunk_readings(c) for c in near))
+            present = set().union(*(self.chunk_readings(c) for c in near))
             for trigger in self._chunks[chunk]:
                 if trigger.kind != "phrase" or trigger.label in found or not present.issuperset(trigger.readings):
                     continue  # cheap test first: every word of the phrase is somewhere near
