@@ -15,9 +15,10 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 
 from gateway.models import json_response, model_status, services_of
+from gateway.services import Services
 from konsilium.config import is_loopback
 from konsilium.errors import PermissionDeniedError
-from model_store.store import Entry, ModelStore
+from model_store.store import Entry
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -31,8 +32,9 @@ def loopback_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
         raise PermissionDeniedError("the admin API answers loopback clients only (admin_loopback_only: true)")
 
 
-def admin_view(store: ModelStore, entry: Entry) -> dict[str, object]:
-    m = entry.manifest
+def admin_view(services: Services, entry: Entry) -> dict[str, object]:
+    m, store, router = entry.manifest, services.store, services.router
+    latency = router.latency.get(entry.id)
     return {
         **model_status(store, entry),
         "backend": m.backend_name,
@@ -44,6 +46,8 @@ def admin_view(store: ModelStore, entry: Entry) -> dict[str, object]:
         "last_used": _iso(entry.last_used_wall),
         "load_seconds": None if entry.load_seconds is None else round(entry.load_seconds, 3),
         "loads": entry.loads,
+        "ttft_ms": None if latency is None or latency.ttft_ms is None else round(latency.ttft_ms, 1),
+        "breaker": router.breakers[entry.id].state(),
     }
 
 
@@ -53,20 +57,20 @@ def _iso(timestamp: float | None) -> str | None:
 
 @get("/admin/models", guards=[loopback_only])
 async def admin_models(request: AnyRequest) -> Response[bytes]:
-    store = services_of(request).store
-    return json_response({"models": [admin_view(store, e) for e in store.entries()]})
+    services = services_of(request)
+    return json_response({"models": [admin_view(services, e) for e in services.store.entries()]})
 
 
 @post("/admin/models/{model_id:str}/load", guards=[loopback_only], status_code=200)
 async def admin_load(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
-    store = services_of(request).store
-    return json_response(admin_view(store, await store.load(model_id)))
+    services = services_of(request)
+    return json_response(admin_view(services, await services.store.load(model_id)))
 
 
 @post("/admin/models/{model_id:str}/unload", guards=[loopback_only], status_code=200)
 async def admin_unload(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
-    store = services_of(request).store
-    return json_response(admin_view(store, await store.unload(model_id)))
+    services = services_of(request)
+    return json_response(admin_view(services, await services.store.unload(model_id)))
 
 
 @get("/admin/budget", guards=[loopback_only])

@@ -62,10 +62,13 @@ async def respond(
     def open_target(target: str) -> AsyncGenerator[StoreEvent, None]:
         return store.stream(target, with_defaults(generation, router.target_defaults(role.role, target)))
 
+    started = time.monotonic()
     opened = await unless_disconnected(request.receive, router.open_first(decision, open_target))
+    started += sum(a.ms for a in opened.failed) / 1000  # the answering target's own time starts here
+    first_at = None if isinstance(opened.first, Loading) else time.monotonic()
     headers = {**route_headers(role, decision, opened.target, opened.failed), "x-request-id": request_id(request)}
     responder = make_responder(opened.target)
-    events = observed(router, opened.target, opened.events)
+    events = observed(router, opened.target, opened.events, started, first_at)
     try:
         if not body.stream:
             rest = await unless_disconnected(request.receive, collect(events))
@@ -101,11 +104,9 @@ def route(
 
 
 async def observed(
-    router: Router, target: str, events: AsyncGenerator[StoreEvent, None]
+    router: Router, target: str, events: AsyncGenerator[StoreEvent, None], started: float, first_at: float | None
 ) -> AsyncGenerator[StoreEvent, None]:
     """Relay the events, and teach the router this target's latency from the finished answer."""
-    started = time.monotonic()
-    first_at: float | None = None
     try:
         async for event in events:
             if first_at is None and not isinstance(event, Loading):

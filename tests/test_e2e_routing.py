@@ -134,6 +134,11 @@ def test_breakers_open_after_repeated_failures(routed: Server) -> None:
     reply = ask(routed, "подведи итог обсуждения")
     assert (reply.status_code, reply.json()["error"]["code"]) == (503, "all_targets_failed")
     assert "circuit breaker open" in reply.json()["error"]["message"]
+    states = {m["id"]: m for m in httpx.get(f"{routed.base_url}/admin/models").json()["models"]}
+    assert (states["dead-1"]["breaker"], states["dead-2"]["breaker"], states["general"]["breaker"]) == (
+        "open", "open", "closed",
+    )  # fmt: skip
+    assert states["general"]["ttft_ms"] > 0, "answered requests teach the router a time to first token"
 
 
 def test_a_latency_budget_only_the_resident_model_meets(routed: Server) -> None:
