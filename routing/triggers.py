@@ -9,7 +9,7 @@ text is a dictionary lookup per token plus a check of the few phrases whose firs
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -71,20 +71,25 @@ class TriggerIndex:
 
     def match(self, text: str) -> list[Hit]:
         normalized = normalize(text)
-        distinct = set(normalized.split())
+        chunks = normalized.split()
+        distinct = set(chunks)
         for chunk in distinct - self._known:  # set arithmetic in C: only new chunks cost Python time
             self._remember(chunk)
         found: dict[str, Hit] = {}
-        anchors: list[str] = []
+        phrases: dict[str, list[Trigger]] = {}  # anchor chunk -> phrases whose every word occurs
         for chunk in distinct & self._hot:
             for trigger in self._chunks[chunk]:
                 if trigger.kind == "phrase":
                     if self._all_words_present(trigger, distinct):
-                        anchors.append(chunk)
-                elif trigger.label not in found or normalized.find(chunk) < found[trigger.label].position:
+                        phrases.setdefault(chunk, []).append(trigger)
+                elif trigger.label not in found:
                     found[trigger.label] = Hit(trigger, normalized.find(chunk))
-        if anchors:
-            self._match_phrases(normalized, set(anchors), found)
+                else:
+                    position = normalized.find(chunk)
+                    if position < found[trigger.label].position:
+                        found[trigger.label] = Hit(trigger, position)
+        if phrases:
+            self._match_phrases(normalized, chunks, phrases, found)
         return sorted(found.values(), key=lambda h: (h.position, -len(h.trigger.readings)))
 
     def forget(self) -> None:
@@ -109,14 +114,15 @@ class TriggerIndex:
             self._hot.add(chunk)
         return found
 
-    def _match_phrases(self, normalized: str, anchors: set[str], found: dict[str, Hit]) -> None:
+    def _match_phrases(
+        self, normalized: str, chunks: list[str], phrases: dict[str, list[Trigger]], found: dict[str, Hit]
+    ) -> None:
         """Check each phrase around the chunks holding its anchor, two chunks either side."""
-        chunks = normalized.split()
-        for index, chunk in _occurrences(chunks, anchors):
+        for index, chunk in _occurrences(chunks, phrases.keys()):
             near = chunks[max(0, index - 2) : index + 3]
             present = set().union(*(self.chunk_readings(c) for c in near))
-            for trigger in self._chunks[chunk]:
-                if trigger.kind != "phrase" or trigger.label in found or not present.issuperset(trigger.readings):
+            for trigger in phrases[chunk]:
+                if trigger.label in found or not present.issuperset(trigger.readings):
                     continue  # cheap test first: every word of the phrase is somewhere near
                 if self._spelled_in(trigger, [t for c in near for t in TOKEN.findall(c)]):
                     found[trigger.label] = Hit(trigger, normalized.find(chunk))
@@ -182,5 +188,13 @@ def _anchor(trigger: Trigger) -> int:
     return max(range(len(trigger.readings)), key=lambda i: len(trigger.readings[i][1]))
 
 
-def _occurrences(chunks: list[str], wanted: set[str]) -> Iterator[tuple[int, str]]:
-    return ((index, chunk) for index, chunk in enumerate(chunks) if chunk in wanted)
+def _occurrences(chunks: list[str], wanted: Collection[str]) -> Iterator[tuple[int, str]]:
+    """Where the wanted chunks stand; `list.index` searches in C, and the wanted are few."""
+    for chunk in wanted:
+        index = -1
+        while True:
+            try:
+                index = chunks.index(chunk, index + 1)
+            except ValueError:
+                break
+            yield index, chunk
