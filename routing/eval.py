@@ -62,10 +62,10 @@ def naive_router(rules: RoutingRules) -> Callable[[Example], AgentRole]:
 
     def route(example: Example) -> AgentRole:
         for text in (example.text.lower(), example.system.lower()):
-            scores: Counter[AgentRole] = Counter()
+            scores: dict[AgentRole, float] = {}
             for role, needle, weight in needles:
                 if needle in text:
-                    scores[role] += weight  # type: ignore[assignment]
+                    scores[role] = scores.get(role, 0.0) + weight
             if scores:
                 priority = {r: (s.priority if s else 0) for r, s in ((r, rules.roles.get(r)) for r in AGENT_ROLES)}
                 return max(scores, key=lambda r: (scores[r], priority[r]))

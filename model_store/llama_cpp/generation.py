@@ -20,6 +20,7 @@ import numpy
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
+from model_store.llama_cpp.ipc import FailureKind
 from model_store.llama_cpp.stops import StopMatcher
 from model_store.types import (
     Event,
@@ -43,7 +44,7 @@ DEFAULT_TOP_P = 0.95
 class GenerationFailure(Exception):
     """A request the worker refuses; `kind` maps to the gateway's error tree in the parent."""
 
-    def __init__(self, kind: str, message: str, param: str | None = None) -> None:
+    def __init__(self, kind: FailureKind, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.param = param

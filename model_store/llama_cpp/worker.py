@@ -104,7 +104,7 @@ def serve(args: argparse.Namespace) -> int:
                     channel.send(ipc.Emit(id=job.id, event=event))
             channel.send(ipc.Done(id=job.id))
         except GenerationFailure as exc:
-            channel.send(ipc.Failed(id=job.id, kind=exc.kind, message=str(exc), param=exc.param))  # type: ignore[arg-type]
+            channel.send(ipc.Failed(id=job.id, kind=exc.kind, message=str(exc), param=exc.param))
         except Exception as exc:  # the worker reports and carries on; the gateway maps it to 502
             channel.send(ipc.Failed(id=job.id, kind="internal", message=f"{type(exc).__name__}: {exc}"))
         inbox.forget(job.id)
