@@ -51,5 +51,6 @@ class Backend(Protocol):
     def health(self) -> Health: ...
 
     def memory_need_mb(self) -> int:
-        """Estimated memory the model takes once loaded (0 for remote backends)."""
+        """Estimated memory the model takes once loaded (0 for remote backends). Blocking I/O
+        (a GGUF's metadata is read): call it in a thread. An unreadable model file raises."""
         ...

@@ -35,7 +35,7 @@ from konsilium.manifest import Manifest
 from model_store.backend import Backend, State
 from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb
 from model_store.checksum import ChecksumCache, default_cache_dir
-from model_store.estimate import GGUFError, estimate_gguf, read_gguf_shape
+from model_store.estimate import GGUFError
 from model_store.llama_cpp.backend import LlamaCppBackend
 from model_store.openai.backend import OpenAIBackend
 from model_store.planner import Resident, plan_load
@@ -228,28 +228,26 @@ class ModelStore:
         return entry.load_task
 
     async def _need_mb(self, entry: Entry) -> int:
-        """Measured use if we have it, else the manifest's override, else the GGUF estimate."""
-        m = entry.manifest
+        """Measured use if we have it, else the manifest's override, else the backend's estimate."""
         if entry.measured_mb is not None:
             return entry.measured_mb
         if entry.need_mb is None:
             try:
-                entry.need_mb = await asyncio.to_thread(self._estimate, m)
+                entry.need_mb = await asyncio.to_thread(self._estimate, entry)
             except (GGUFError, OSError) as exc:
                 self._fail(entry, str(exc))
                 raise ModelLoadError(f"model {entry.id!r} failed to load: {exc}", retry_after=self._retry()) from exc
         return entry.need_mb
 
-    def _estimate(self, m: Manifest) -> int:
-        if m.backend_name != "llama_cpp":
-            return m.memory_mb or 0
-        assert m.path is not None
-        path = Path(m.path)
-        if m.checksum_sha256 and not m.skip_checksum:
+    def _estimate(self, entry: Entry) -> int:
+        """Pinned files are verified, then the backend estimates (reading the file: a bad one fails here)."""
+        m = entry.manifest
+        if m.path is not None and m.checksum_sha256 and not m.skip_checksum:
+            path = Path(m.path)
             actual = self._checksums.digest(path)
             if actual != m.checksum_sha256:
                 raise GGUFError(f"checksum mismatch for {path.name}: expected {m.checksum_sha256}, got {actual}")
-        estimate = estimate_gguf(read_gguf_shape(path), m.context_window).total_mb
+        estimate = entry.backend.memory_need_mb()
         return m.memory_mb if m.memory_mb is not None else estimate
 
     def _reserve(self, entry: Entry, need: int) -> list[Entry]:

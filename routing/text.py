@@ -15,8 +15,6 @@ from collections.abc import Callable
 
 CODE_BLOCK = re.compile(r"```.*?(?:```|$)", re.DOTALL)
 CYRILLIC_TOKEN = re.compile(r"[а-я]+")
-LATIN_TOKEN = re.compile(r"[a-z0-9\[\];',.`]+")  # keeps the keys that are Russian letters on ЙЦУКЕН
-WORD = re.compile(r"[a-zа-я0-9]+")
 
 _EN_KEYS = "qwertyuiop[]asdfghjkl;'zxcvbnm,.`"
 _RU_KEYS = "йцукенгшщзхъфывапролджэячсмитьбюё"
@@ -49,10 +47,6 @@ _KEY_RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] =
 
 def normalize(text: str) -> str:
     return CODE_BLOCK.sub(" ", text.lower().replace("ё", "е"))
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(text)
 
 
 def swap_layout(token: str) -> str:

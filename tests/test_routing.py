@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from konsilium.errors import InvalidRequestError
@@ -128,7 +126,7 @@ def test_eval_set_meets_the_target_and_beats_the_naive_baseline() -> None:
     assert ours.macro_f1 - naive.macro_f1 >= 0.15
 
 
-def test_every_role_has_triggers_in_both_languages(tmp_path: Path) -> None:
+def test_every_role_has_triggers_in_both_languages() -> None:
     for role, spec in RULES.roles.items():
         if role != "dev":
             assert spec.words.ru, role

@@ -15,6 +15,7 @@ from pathlib import Path
 from konsilium.errors import GatewayError
 from konsilium.manifest import Manifest
 from model_store.backend import Health, ModelInfo, State
+from model_store.estimate import estimate_gguf, read_gguf_shape
 from model_store.llama_cpp.process import WorkerProcess
 from model_store.types import Event, GenerationRequest
 
@@ -113,7 +114,7 @@ class LlamaCppBackend:
         )
 
     def memory_need_mb(self) -> int:
-        return max(1, Path(self._path).stat().st_size // (1024 * 1024))
+        return estimate_gguf(read_gguf_shape(Path(self._path)), self._config.context_window).total_mb
 
     def _worker_argv(self) -> list[str]:
         c = self._config
