@@ -21,10 +21,19 @@ from gateway import convert
 from gateway import protocol as p
 from gateway.errors import from_decode_error
 from gateway.framing import ChatResponder, CompletionResponder, Responder
-from gateway.routed import estimate_tokens, facts, is_routed_model, route_headers, texts, wants, with_defaults
+from gateway.routed import (
+    estimate_tokens,
+    facts,
+    is_routed_model,
+    route_headers,
+    short_answer,
+    texts,
+    wants,
+    with_defaults,
+)
 from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
-from konsilium.errors import ModelNotFoundError
+from konsilium.errors import ContextLengthExceededError, ModelNotFoundError
 from model_store.store import Loading, StoreEvent
 from model_store.types import Finish, GenerationRequest
 from routing.policy import RouteDecision
@@ -57,13 +66,18 @@ async def respond(
     role, decision = route(services, request, body.model, generation)
     if decision.target is None:
         why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
+        if decision.too_long:
+            raise ContextLengthExceededError(
+                f"The prompt is too long for every model that could answer: {why}",
+                param="messages" if generation.kind == "chat" else "prompt",
+            )
         raise AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
 
     def open_target(target: str) -> AsyncGenerator[StoreEvent, None]:
         return store.stream(target, with_defaults(generation, router.target_defaults(role.role, target)))
 
     started = time.monotonic()
-    opened = await unless_disconnected(request.receive, router.open_first(decision, open_target))
+    opened = await unless_disconnected(request.receive, router.open_first(decision, open_target, announces))
     started += sum(a.ms for a in opened.failed) / 1000  # the answering target's own time starts here
     first_at = None if isinstance(opened.first, Loading) else time.monotonic()
     headers = {**route_headers(role, decision, opened.target, opened.failed), "x-request-id": request_id(request)}
@@ -83,6 +97,10 @@ async def respond(
     return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
+def announces(event: StoreEvent) -> float | None:
+    return event.timeout_s if isinstance(event, Loading) else None
+
+
 def route(
     services: Services, request: AnyRequest, model: str, generation: GenerationRequest
 ) -> tuple[RoleDecision, RouteDecision]:
@@ -92,13 +110,14 @@ def route(
         raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
     user_text, system_text = texts(generation)
     return router.decide(
-        facts(store),
+        facts(store, generation),
         model=model,
         explicit=explicit,
         user_text=user_text,
         system_text=system_text,
         prompt_tokens=estimate_tokens(generation),
         max_tokens=generation.max_tokens,
+        short_answer=short_answer(generation),
         **wants(request, services.config.routing.ab_fraction),
     )
 

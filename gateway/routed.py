@@ -23,6 +23,7 @@ from routing.router import Attempt, Router, is_cloud
 from routing.rules import AGENT_ROLES
 
 ROUTED_MODELS = ("auto", "konsilium")
+SHORT_ANSWER_TOKENS = 16
 
 
 def is_routed_model(router: Router, model: str) -> bool:
@@ -31,18 +32,24 @@ def is_routed_model(router: Router, model: str) -> bool:
     return model in ROUTED_MODELS or name in AGENT_ROLES or name in router.rules.aliases
 
 
-def facts(store: ModelStore) -> dict[str, TargetState]:
+def facts(store: ModelStore, generation: GenerationRequest | None = None) -> dict[str, TargetState]:
+    """The store's view of each target; with a request, its prompt counted by each target's own
+    tokenizer where the estimate puts it past half that target's context (else not worth it)."""
+    estimate = estimate_tokens(generation) if generation is not None else 0
     out = {}
     for entry in store.entries():
-        m = entry.manifest
+        m, context = entry.manifest, entry.backend.info.context_length
+        near_limit = generation is not None and context is not None and estimate * 2 > context
         out[entry.id] = TargetState(
             model=entry.id,
             tier=m.role,
             resident=store.state_of(entry) == "ready",
             cloud=is_cloud(m),
-            context_length=entry.backend.info.context_length,
+            context_length=context,
             queue_depth=entry.queued + entry.in_flight,
+            busy=entry.in_flight >= m.max_concurrency,
             load_ms=None if entry.load_seconds is None else entry.load_seconds * 1000,
+            prompt_tokens=entry.backend.count_prompt_tokens(generation) if generation and near_limit else None,
         )
     return out
 
@@ -51,6 +58,15 @@ def estimate_tokens(generation: GenerationRequest) -> int:
     chars = len(generation.prompt) + len(generation.suffix or "")
     chars += sum(len(m.content) + 8 for m in generation.messages)  # + the template's few tokens
     return prompt_tokens(chars)
+
+
+def short_answer(generation: GenerationRequest) -> bool:
+    """A yes/no or classification check: a few tokens, or JSON that can only be a boolean or
+    one of a list (micro-tier work)."""
+    if generation.max_tokens is not None and generation.max_tokens <= SHORT_ANSWER_TOKENS:
+        return True
+    schema = generation.json_output.schema if generation.json_output else None
+    return schema is not None and (schema.get("type") == "boolean" or "enum" in schema)
 
 
 def texts(generation: GenerationRequest) -> tuple[str, str]:

@@ -54,3 +54,8 @@ class Backend(Protocol):
         """Estimated memory the model takes once loaded (0 for remote backends). Blocking I/O
         (a GGUF's metadata is read): call it in a thread. An unreadable model file raises."""
         ...
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        """The request's prompt in this model's own tokens, where its tokenizer is at hand in
+        this process (None: routing estimates instead). CPU-bound; callers ask only near the limit."""
+        ...

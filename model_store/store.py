@@ -50,6 +50,7 @@ class Loading(msgspec.Struct, frozen=True):
     """Not a backend event: the store tells its caller that a load starts (SSE heartbeat time)."""
 
     model: str
+    timeout_s: float  # the load's own time limit (the manifest's load_timeout_s)
 
 
 StoreEvent = Event | Loading
@@ -168,7 +169,7 @@ class ModelStore:
                 task = await self._start_load(entry)
                 if task is not None:
                     if entry.manifest.backend_name != "openai":  # a remote model has nothing to wait for
-                        yield Loading(model=model_id)
+                        yield Loading(model=model_id, timeout_s=entry.manifest.load_timeout_s)
                     await asyncio.shield(task)
                 async for event in entry.backend.stream(request):
                     yield event

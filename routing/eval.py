@@ -42,8 +42,8 @@ def load_examples(path: Path) -> list[Example]:
     return [decoder.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def triggers_router(rules: RoutingRules) -> Callable[[Example], AgentRole]:
-    index = TriggerIndex(rules)
+def triggers_router(rules: RoutingRules, index: TriggerIndex | None = None) -> Callable[[Example], AgentRole]:
+    index = index or TriggerIndex(rules)
 
     def route(example: Example) -> AgentRole:
         decision = resolve_role(rules, index, header=None, model="", user_text=example.text, system_text=example.system)

@@ -3,16 +3,22 @@
 Plain data in, plain data out — no awaits, no clock, no logging. The chain is the explicitly
 requested model (if any) followed by the role's configured targets. Targets are skipped when
 they cannot serve: a cloud target while external APIs are off, an open circuit breaker, a
-context too small for the prompt (an estimate: when it would skip every target, the targets are
-kept and the model's own tokenizer decides). Targets that hold the prompt plus the whole
-`max_tokens` go before those that would clamp it (clients such as Continue ask for 4096).
+context too small for the prompt — counted by the target's own tokenizer where the gateway has
+it (`TargetState.prompt_tokens`), else estimated at 3 characters a token; an estimate never
+skips every target: then they are kept and the model's own tokenizer decides. Targets that hold
+the prompt plus the whole `max_tokens` go before those that would clamp it (clients such as
+Continue ask for 4096).
 Otherwise order is kept (it is the tier order the operator wrote) except where a request asks:
 
 - a latency budget moves the targets predicted to meet it to the front (prediction: the load
   time if not resident, plus the queue ahead times the usual request time, plus the time to
   first token);
 - an A/B request moves the first `secondary`-tier target to the front;
-- a requested tier (`x-konsilium-tier`) moves the first target of that tier to the front.
+- a requested tier (`x-konsilium-tier`) moves the first target of that tier to the front;
+- a short answer (a yes/no or classification check: `max_tokens` <= 16, or a JSON schema that
+  allows only a boolean or an enum) moves the first `micro`-tier target to the front;
+- when the first target is busy (every slot taken: the request would queue), the first idle
+  `lightweight`-tier target goes before it.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ class TargetState(msgspec.Struct, frozen=True):
     cloud: bool = False
     context_length: int | None = None
     queue_depth: int = 0
+    busy: bool = False  # every slot taken: a new request would wait in the queue
     ttft_ms: float | None = None  # exponentially weighted, from real traffic
     request_ms: float | None = None  # a whole request, from real traffic
     load_ms: float | None = None  # the last measured load, else None
+    prompt_tokens: int | None = None  # this prompt in the target's own tokens, where counted
     breaker_open: bool = False
 
 
@@ -48,6 +56,7 @@ class RouteInput(msgspec.Struct, frozen=True):
     latency_budget_ms: float | None = None
     ab: bool = False
     tier: str | None = None
+    short_answer: bool = False  # a yes/no or classification check
     allow_external: bool = False
 
 
@@ -61,6 +70,7 @@ class RouteDecision(msgspec.Struct, frozen=True):
     fallbacks: tuple[str, ...] = ()
     skipped: tuple[Skipped, ...] = ()
     reason: str = ""
+    too_long: bool = False  # no target, and only because the prompt fits none of them
 
 
 CHARS_PER_TOKEN = 3  # a conservative estimate: Russian runs ~3 characters a token, English ~4
@@ -73,23 +83,29 @@ def choose_route(route: RouteInput, snapshot: Mapping[str, TargetState], reason:
     chain = list(dict.fromkeys(([route.explicit_model] if route.explicit_model else []) + list(route.chain)))
     usable: list[str] = []
     skipped: list[Skipped] = []
-    too_small: list[str] = []
+    too_small: list[str] = []  # skipped on an estimate
+    no_room: list[str] = []  # skipped for the context, estimated or counted
     for model in chain:
         why = _why_skip(route, snapshot.get(model))
         if why:
             skipped.append(Skipped(target=model, why=why))
-        elif not _holds(route, snapshot[model], route.prompt_tokens + 1):
-            too_small.append(model)
-            skipped.append(Skipped(target=model, why=_context_why(snapshot[model], route.prompt_tokens + 1)))
+        elif not _holds(route, snapshot[model], 1):
+            no_room.append(model)
+            if snapshot[model].prompt_tokens is None:
+                too_small.append(model)
+            skipped.append(Skipped(target=model, why=_context_why(route, snapshot[model])))
         else:
             usable.append(model)
-    if not usable and too_small:  # the token count is an estimate: let the model's tokenizer decide
+    if not usable and too_small:  # an estimate only: let the model's tokenizer decide
         usable, skipped = too_small, [s for s in skipped if s.target not in too_small]
-    roomy = [m for m in usable if _holds(route, snapshot[m], route.prompt_tokens + (route.max_tokens or 1))]
+    roomy = [m for m in usable if _holds(route, snapshot[m], route.max_tokens or 1)]
     usable = roomy + [m for m in usable if m not in roomy]  # whole max_tokens first; others clamp it
     ordered, why_first = _order(route, usable, snapshot)
     if not ordered:
-        return RouteDecision(target=None, skipped=tuple(skipped), reason="no target can serve this request")
+        too_long = bool(skipped) and len(no_room) == len(skipped)
+        return RouteDecision(
+            target=None, skipped=tuple(skipped), reason="no target can serve this request", too_long=too_long
+        )
     return RouteDecision(
         target=ordered[0], fallbacks=tuple(ordered[1:]), skipped=tuple(skipped), reason=why_first or reason
     )
@@ -116,20 +132,25 @@ def _why_skip(route: RouteInput, state: TargetState | None) -> str:
     return ""
 
 
-def _holds(route: RouteInput, state: TargetState, tokens: int) -> bool:
-    return state.context_length is None or tokens <= state.context_length
+def _holds(route: RouteInput, state: TargetState, generated: int) -> bool:
+    """Room for the prompt (counted by the target's tokenizer, else estimated) plus `generated`."""
+    prompt = route.prompt_tokens if state.prompt_tokens is None else state.prompt_tokens
+    return state.context_length is None or prompt + generated <= state.context_length
 
 
-def _context_why(state: TargetState, tokens: int) -> str:
-    return f"context {state.context_length} < ~{tokens} tokens of prompt"
+def _context_why(route: RouteInput, state: TargetState) -> str:
+    if state.prompt_tokens is not None:
+        return f"context {state.context_length} < {state.prompt_tokens + 1} tokens of prompt"
+    return f"context {state.context_length} < ~{route.prompt_tokens + 1} tokens of prompt"
 
 
 def _order(route: RouteInput, usable: Sequence[str], snapshot: Mapping[str, TargetState]) -> tuple[list[str], str]:
     ordered = list(usable)
-    if route.tier is not None:
-        ordered, moved = _front(ordered, lambda m: snapshot[m].tier == route.tier)
+    asked = route.tier or ("micro" if route.short_answer else None)
+    if asked is not None:
+        ordered, moved = _front(ordered, lambda m: snapshot[m].tier == asked)
         if moved:
-            return ordered, f"tier:{route.tier}"
+            return ordered, f"tier:{asked}"
     if route.ab:
         ordered, moved = _front(ordered, lambda m: snapshot[m].tier == "secondary")
         if moved:
@@ -139,6 +160,11 @@ def _order(route: RouteInput, usable: Sequence[str], snapshot: Mapping[str, Targ
         meets = [m for m in ordered if predicted_ms(snapshot[m]) <= budget]
         if meets and meets[0] != (ordered[0] if ordered else None):
             return meets + [m for m in ordered if m not in meets], f"latency:{budget:g}ms"
+    if ordered and snapshot[ordered[0]].busy:
+        busy = ordered[0]
+        ordered, moved = _front(ordered, lambda m: snapshot[m].tier == "lightweight" and not snapshot[m].busy)
+        if moved:
+            return ordered, f"busy:{busy}"
     return ordered, ""
 
 

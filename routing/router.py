@@ -98,6 +98,7 @@ class Router:
         latency_budget_ms: float | None,
         ab: bool,
         tier: str | None,
+        short_answer: bool = False,
     ) -> tuple[RoleDecision, RouteDecision]:
         role = resolve_role(
             self.rules, self.index, header=header_role, model=model, user_text=user_text, system_text=system_text
@@ -115,6 +116,7 @@ class Router:
                 latency_budget_ms=budget,
                 ab=ab,
                 tier=tier,
+                short_answer=short_answer,
                 allow_external=self._config.allow_external_api,
             ),
             self.snapshot(facts),
@@ -152,13 +154,21 @@ class Router:
 
     # ---- the fallback loop -------------------------------------------------------------------
     async def open_first(
-        self, decision: RouteDecision, open_target: Callable[[str], AsyncGenerator[E, None]]
+        self,
+        decision: RouteDecision,
+        open_target: Callable[[str], AsyncGenerator[E, None]],
+        announces: Callable[[E], float | None] = lambda event: None,
     ) -> Opened[E]:
+        """`announces(event)`: for an event that only announces a model load, the load's time
+        limit in seconds. While another target could still be tried, the loop waits through the
+        load for the real first event, so a load that fails falls back; the last target is
+        returned at its announcement (the gateway streams heartbeats while it loads)."""
         failed: list[Attempt] = []
         errors: list[GatewayError] = []
         local_tries = 0
         assert decision.target is not None
-        for target in (decision.target, *decision.fallbacks):
+        chain = (decision.target, *decision.fallbacks)
+        for position, target in enumerate(chain):
             local = target in self._local
             if local and local_tries >= self._routing.max_local_attempts:
                 continue
@@ -167,8 +177,9 @@ class Router:
             breaker.attempt()
             started = self._clock()
             events = open_target(target)
+            last = not self._any_left(chain[position + 1 :], local_tries)
             try:
-                first = await self._first(events, local)
+                first = await self._first(events, local, announces if not last else lambda event: None)
             except GatewayError as error:
                 if isinstance(error, InvalidRequestError):
                     if not isinstance(error, RETRY_ELSEWHERE):
@@ -183,10 +194,16 @@ class Router:
             return Opened(target=target, first=first, events=events, failed=failed)
         raise _all_failed(failed, errors)
 
-    async def _first(self, events: AsyncGenerator[E, None], local: bool) -> E:
+    def _any_left(self, rest: tuple[str, ...], local_tries: int) -> bool:
+        return any(t not in self._local or local_tries < self._routing.max_local_attempts for t in rest)
+
+    async def _first(self, events: AsyncGenerator[E, None], local: bool, announces: Callable[[E], float | None]) -> E:
         timeout = self._routing.local_timeout_ms / 1000 if local else None
         try:
-            return await asyncio.wait_for(anext(events), timeout)
+            first = await asyncio.wait_for(anext(events), timeout)
+            while (load_s := announces(first)) is not None:  # a load: its limit, then the usual wait
+                first = await asyncio.wait_for(anext(events), None if timeout is None else load_s + timeout)
+            return first
         except TimeoutError as exc:
             await events.aclose()
             raise BackendTimeoutError(f"no first event within {self._routing.local_timeout_ms:g} ms") from exc

@@ -9,7 +9,7 @@ text is a dictionary lookup per token plus a check of the few phrases whose firs
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -51,15 +51,17 @@ class TriggerIndex:
     chunks are found with set arithmetic. A phrase is checked in place — in the chunks around its
     anchor (its longest stem) — only when every one of its words occurs somewhere in the text."""
 
-    def __init__(self, rules: RoutingRules) -> None:
-        self._ru = Stemmer.Stemmer("russian")  # PyStemmer: Snowball in C, ~70x the pure-Python speed
+    def __init__(self, rules: RoutingRules, russian: Callable[[str], str] | None = None) -> None:
+        """`russian`: a Russian word to its key — Snowball's stem by default (PyStemmer: Snowball in
+        C); `benchmarks/bench_morphology.py` passes pymorphy3's lemma to compare."""
+        self._ru = russian or Stemmer.Stemmer("russian").stemWord
         self._en = Stemmer.Stemmer("english")
         self.triggers = [t for role, spec in rules.roles.items() for t in self._compile(role, spec, rules)]
         self._by_anchor: dict[Reading, list[Trigger]] = {}
         for trigger in self.triggers:
             self._by_anchor.setdefault(trigger.readings[_anchor(trigger)], []).append(trigger)
-        russian = {stem for t in self.triggers for kind, stem in t.readings if kind == "ru"}
-        self._translit = {translit_key(s): s for s in russian if len(translit_key(s)) >= MIN_TRANSLIT_KEY}
+        stems = {stem for t in self.triggers for kind, stem in t.readings if kind == "ru"}
+        self._translit = {translit_key(s): s for s in stems if len(translit_key(s)) >= MIN_TRANSLIT_KEY}
         self._translit_lengths = sorted({len(k) for k in self._translit})
         self.readings_of = lru_cache(maxsize=MEMO_SIZE)(self._readings_of)
         self.chunk_readings = lru_cache(maxsize=MEMO_SIZE)(self._chunk_readings)
@@ -148,12 +150,12 @@ class TriggerIndex:
             return frozenset(
                 {
                     ("term", token),
-                    ("ru", self._ru.stemWord(token)),
+                    ("ru", self._ru(token)),
                     ("en", self._en.stemWord(swapped)),
                     ("term", swapped),
                 }
             )
-        found: set[Reading] = {("ru", self._ru.stemWord(swap_layout(token))), ("term", token.strip(PUNCT))}
+        found: set[Reading] = {("ru", self._ru(swap_layout(token))), ("term", token.strip(PUNCT))}
         for part in SUBWORD.findall(token):  # sitemap.xml, robots.txt: each part, and the whole
             found |= {("term", part), ("en", self._en.stemWord(part))}
         word = token.strip(PUNCT)
@@ -168,9 +170,9 @@ class TriggerIndex:
 
     def _compile(self, role: AgentRole, spec: RoleTriggers, rules: RoutingRules) -> list[Trigger]:
         out = [Trigger(role, t.lower(), "term", (("term", t.lower()),), rules.term_weight, "any") for t in spec.terms]
-        for language, stemmer in (("ru", self._ru), ("en", self._en)):
+        for language, stem_of in (("ru", self._ru), ("en", self._en.stemWord)):
             for word in getattr(spec.words, language):
-                stem = stemmer.stemWord(normalize(word))
+                stem = stem_of(normalize(word))
                 out.append(Trigger(role, stem, "word", ((language, stem),), rules.word_weight, language))
             for phrase in getattr(spec.phrases, language):
                 stems = tuple(self._stem_reading(w) for w in TOKEN.findall(normalize(phrase)))
@@ -180,7 +182,7 @@ class TriggerIndex:
 
     def _stem_reading(self, word: str) -> Reading:
         """A phrase may mix scripts (`sql инъекция`): each word is stemmed in its own language."""
-        return ("ru", self._ru.stemWord(word)) if CYRILLIC_TOKEN.fullmatch(word) else ("en", self._en.stemWord(word))
+        return ("ru", self._ru(word)) if CYRILLIC_TOKEN.fullmatch(word) else ("en", self._en.stemWord(word))
 
 
 def _anchor(trigger: Trigger) -> int:

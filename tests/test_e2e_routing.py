@@ -43,6 +43,7 @@ def routed(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             smol("general", role="lightweight", load="eager"),
             smol("sec", load="on_demand"),
             smol("cold-big", load="on_demand"),
+            smol("slow-load", load="on_demand", load_timeout_s=0.05),  # its load always times out
             remote("stuck", f"http://127.0.0.1:{hung_port}/v1"),
             remote("remote-primary", upstream.v1),
             remote("dead-1", f"http://127.0.0.1:{free_port()}/v1"),
@@ -58,6 +59,7 @@ def routed(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 "architect": {"targets": [{"model": "remote-primary"}, {"model": "general"}]},
                 "director": {"targets": [{"model": "dead-1"}, {"model": "dead-2"}]},
                 "ux": {"targets": [{"model": "cold-big"}, {"model": "general"}]},
+                "seo": {"targets": [{"model": "slow-load"}, {"model": "general"}]},
                 "dev": {"targets": [{"model": "general"}]},
             },
         }
@@ -110,6 +112,20 @@ def test_a_model_that_never_answers_is_left_after_local_timeout(routed: Server) 
     assert reply.status_code == 200, reply.text
     assert (reply.headers["x-konsilium-role"], reply.headers["x-konsilium-model"]) == ("qa", "general")
     assert reply.headers["x-konsilium-fallbacks"] == "stuck"
+
+
+def test_a_load_that_fails_mid_stream_request_falls_back_before_the_first_byte(routed: Server) -> None:
+    body = {"model": "auto", "stream": True, "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "user", "content": "улучши SEO этой страницы"}]}  # fmt: skip
+    with httpx.stream("POST", f"{routed.v1}/chat/completions", json=body, timeout=120) as reply:
+        raw = reply.read().decode()
+    assert reply.status_code == 200, raw
+    assert (reply.headers["x-konsilium-role"], reply.headers["x-konsilium-model"]) == ("seo", "general")
+    assert reply.headers["x-konsilium-fallbacks"] == "slow-load"
+    assert not raw.startswith(":"), "no loading heartbeat committed the request to the failing model"
+    frames = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: {")]
+    assert {f["model"] for f in frames} == {"general"}
+    assert raw.endswith("data: [DONE]\n\n")
 
 
 def test_every_target_down_is_one_503_listing_the_attempts(routed: Server) -> None:
@@ -169,6 +185,23 @@ def test_explain_without_generating(routed: Server) -> None:
         "skipped": [],
         "reason": "trigger:xss",
     }
+
+
+def test_the_context_check_counts_with_the_resident_models_tokenizer(routed: Server) -> None:
+    """`general` (n_ctx 512) is resident, so the gateway counts with its tokenizer and template."""
+    too_long = explain(routed, "hello " * 600)
+    assert (too_long["role"], too_long["target"]["model"]) == ("dev", None)
+    [skipped] = too_long["skipped"]
+    assert skipped["target"] == "general"
+    counted = int(skipped["why"].removeprefix("context 512 < ").removesuffix(" tokens of prompt"))
+    assert 600 < counted < 700, "an exact count: 600 words plus the chat template, not the ~1200 estimate"
+    reply = ask(routed, "hello " * 600)
+    assert reply.status_code == 400, "no model can hold it: the client's to shorten, not to retry"
+    error = reply.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    assert error["message"].startswith("The prompt is too long for every model that could answer: general: context 512")
+    fits = explain(routed, "hello " * 150)  # the 3-characters-a-token estimate: 301 tokens
+    assert (fits["target"]["model"], fits["skipped"]) == ("general", [])
 
 
 def test_route_command(tmp_path: Path) -> None:

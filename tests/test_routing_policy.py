@@ -74,9 +74,36 @@ def test_ab_and_tier_requests() -> None:
     assert decide(tier="lightweight").reason == "tier:lightweight"
 
 
+def test_a_short_answer_goes_to_the_micro_tier() -> None:
+    micro = TargetState(model="tiny", tier="micro", resident=True, context_length=2_048)
+    route = RouteInput(role="qa", chain=("big", "small", "tiny"), short_answer=True)
+    decision = choose_route(route, {**SNAPSHOT, "tiny": micro}, "trigger:x")
+    assert (decision.target, decision.fallbacks, decision.reason) == ("tiny", ("big", "small"), "tier:micro")
+    assert decide(short_answer=True) == decide(), "no micro target in the chain: nothing moves"
+
+
+@pytest.mark.parametrize(("small_busy", "expected"), [(False, ("small", "busy:big")), (True, ("big", "trigger:x"))])
+def test_a_busy_first_target_gives_way_to_an_idle_lightweight_one(small_busy: bool, expected: tuple[str, str]) -> None:
+    busy_big = TargetState(model="big", tier="primary", resident=True, busy=True, queue_depth=2)
+    small = TargetState(model="small", tier="lightweight", resident=True, busy=small_busy)
+    decision = decide({**SNAPSHOT, "big": busy_big, "small": small})
+    assert (decision.target, decision.reason) == expected
+
+
+def test_an_exact_token_count_decides_where_the_estimate_would_not() -> None:
+    counted = TargetState(model="small", tier="lightweight", resident=True, context_length=4_096, prompt_tokens=3_000)
+    assert decide({**SNAPSHOT, "small": counted}, prompt_tokens=6_000, tier="lightweight").target == "small"
+    full = TargetState(model="small", tier="lightweight", resident=True, context_length=4_096, prompt_tokens=4_500)
+    decision = decide({**SNAPSHOT, "small": full}, prompt_tokens=100, tier="lightweight")
+    assert decision.target == "big"
+    assert Skipped("small", "context 4096 < 4501 tokens of prompt") in decision.skipped
+    only = choose_route(RouteInput(role="dev", chain=("small",), prompt_tokens=100), {"small": full}, "x")
+    assert (only.target, only.too_long) == (None, True), "a counted prompt that does not fit is final"
+
+
 def test_nothing_usable() -> None:
     decision = decide({"director": CLOUD})
-    assert decision.target is None
+    assert (decision.target, decision.too_long) == (None, False)
     assert len(decision.skipped) == 4
 
 

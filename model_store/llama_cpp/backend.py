@@ -17,6 +17,7 @@ from konsilium.manifest import Manifest
 from model_store.backend import Health, ModelInfo, State
 from model_store.estimate import estimate_gguf, read_gguf_shape
 from model_store.llama_cpp.process import WorkerProcess
+from model_store.llama_cpp.tokenizer import PromptCounter, open_counter
 from model_store.types import Event, GenerationRequest
 
 
@@ -32,6 +33,7 @@ class LlamaCppBackend:
         self._queued = 0
         self._load_lock = asyncio.Lock()
         self._created = int(Path(self._path).stat().st_mtime)
+        self._counter: PromptCounter | None = None  # read on the first load, kept after unloads
 
     @property
     def info(self) -> ModelInfo:
@@ -63,6 +65,8 @@ class LlamaCppBackend:
             except GatewayError as exc:
                 self._state, self._detail = "failed", exc.message
                 raise
+            if self._counter is None:
+                self._counter = await asyncio.to_thread(open_counter, self._path)
             self._state, self._detail = "ready", ""
 
     async def unload(self) -> None:
@@ -115,6 +119,9 @@ class LlamaCppBackend:
 
     def memory_need_mb(self) -> int:
         return estimate_gguf(read_gguf_shape(Path(self._path)), self._config.context_window).total_mb
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        return self._counter.count(request) if self._counter is not None else None
 
     def _worker_argv(self) -> list[str]:
         c = self._config

@@ -80,7 +80,7 @@ class Generator:
         return int(self._llm.n_ctx())
 
     def run(self, request: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Event]:
-        prompt = self._prompt_tokens(request)
+        prompt = self.prompt_tokens(request)
         room = self.n_ctx - len(prompt)
         if room < 1:
             raise GenerationFailure(
@@ -173,7 +173,7 @@ class Generator:
             ),
         )
 
-    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         if request.kind == "completion":
             return self._completion_tokens(request.prompt, request.suffix)
         if self._formatter is None:

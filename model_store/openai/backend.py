@@ -89,6 +89,9 @@ class OpenAIBackend:
     def health(self) -> Health:
         return Health(state=self._state, ready=self._session is not None, detail=self._detail)
 
+    def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
+        return None  # the remote server counts; routing estimates
+
     def memory_need_mb(self) -> int:
         return 0
 
