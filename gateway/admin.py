@@ -48,6 +48,7 @@ def admin_view(services: Services, entry: Entry) -> dict[str, object]:
         "loads": entry.loads,
         "ttft_ms": None if latency is None or latency.ttft_ms is None else round(latency.ttft_ms, 1),
         "breaker": router.breakers[entry.id].state(),
+        "adapters": list(entry.backend.health().adapters),  # LoRA adapters resident now (vllm)
     }
 
 
@@ -100,4 +101,4 @@ async def admin_route(request: AnyRequest) -> Response[bytes]:
 
     body = await decode(request, p.chat_request_decoder)
     role, decision = route(services_of(request), request, body.model, convert.chat_request(body))
-    return json_response(explain(role, decision))
+    return json_response(explain(role, decision, services_of(request).config.addressable()))

@@ -97,15 +97,15 @@ async def respond(
     return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
-def announces(event: StoreEvent) -> float | None:
-    return event.timeout_s if isinstance(event, Loading) else None
+def announces(event: StoreEvent) -> bool:
+    return isinstance(event, Loading)
 
 
 def route(
     services: Services, request: AnyRequest, model: str, generation: GenerationRequest
 ) -> tuple[RoleDecision, RouteDecision]:
     store, router = services.store, services.router
-    explicit = model in {e.id for e in store.entries()}
+    explicit = model in {name for name, _, _ in store.addressable()}
     if not explicit and not is_routed_model(router, model):
         raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
     user_text, system_text = texts(generation)

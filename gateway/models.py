@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.params import FromPath
+from msgspec import UNSET, UnsetType
 
 from gateway import protocol as p
 from gateway.services import Services
@@ -23,27 +24,35 @@ def json_response(obj: object, status_code: int = 200) -> Response[bytes]:
     return Response(content=p.encoder.encode(obj), media_type="application/json", status_code=status_code)
 
 
-def _model(store: ModelStore, entry: Entry) -> p.Model:
+def _model(store: ModelStore, name: str, entry: Entry, adapter: str | None) -> p.Model:
     info = entry.backend.info
+    parent: str | UnsetType = UNSET
+    if adapter is None:
+        state = store.state_of(entry)
+    else:  # an adapter: "ready" while resident on its base's server
+        state, parent = ("ready" if store.adapter_resident(entry, adapter) else "unloaded"), entry.id
     return p.Model(
-        id=info.id,
+        id=name,
         created=info.created,
         owned_by=info.owned_by,
         context_length=info.context_length,
-        state=store.state_of(entry),
+        state=state,
+        parent=parent,
     )
 
 
 @get("/v1/models")
 async def list_models(request: AnyRequest) -> Response[bytes]:
     store = services_of(request).store
-    return json_response(p.ModelList(data=[_model(store, e) for e in store.entries()]))
+    return json_response(p.ModelList(data=[_model(store, *target) for target in store.addressable()]))
 
 
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     store = services_of(request).store
-    return json_response(_model(store, store.get(model_id.lstrip("/"))))
+    name = model_id.lstrip("/")
+    entry, adapter = store.resolve(name)
+    return json_response(_model(store, name, entry, adapter))
 
 
 @get("/health")

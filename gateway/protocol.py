@@ -316,6 +316,7 @@ class Model(_Response, kw_only=True):
     owned_by: str
     context_length: int | None = None  # extension: the context the model is served with
     state: str | None = None  # extension: unloaded | loading | ready | unloading | failed
+    parent: str | UnsetType = UNSET  # extension (as vLLM): the base model of a LoRA adapter
 
 
 class ModelList(_Response, kw_only=True):

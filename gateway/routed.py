@@ -7,6 +7,7 @@ explain body carries the readable form.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ import msgspec
 from litestar import Request
 
 from konsilium.errors import InvalidRequestError
+from konsilium.manifest import Adapter, Manifest
 from model_store.store import ModelStore
 from model_store.types import GenerationRequest
 from routing.policy import RouteDecision, TargetState
@@ -33,17 +35,19 @@ def is_routed_model(router: Router, model: str) -> bool:
 
 
 def facts(store: ModelStore, generation: GenerationRequest | None = None) -> dict[str, TargetState]:
-    """The store's view of each target; with a request, its prompt counted by each target's own
-    tokenizer where the estimate puts it past half that target's context (else not worth it)."""
+    """The store's view of each target (a LoRA adapter shares its base's queue and context);
+    with a request, its prompt counted by each target's own tokenizer where the estimate puts it
+    past half that target's context (else not worth it)."""
     estimate = estimate_tokens(generation) if generation is not None else 0
     out = {}
-    for entry in store.entries():
+    for name, entry, adapter in store.addressable():
         m, context = entry.manifest, entry.backend.info.context_length
         near_limit = generation is not None and context is not None and estimate * 2 > context
-        out[entry.id] = TargetState(
-            model=entry.id,
+        ready = store.state_of(entry) == "ready"
+        out[name] = TargetState(
+            model=name,
             tier=m.role,
-            resident=store.state_of(entry) == "ready",
+            resident=ready if adapter is None else store.adapter_resident(entry, adapter),
             cloud=is_cloud(m),
             context_length=context,
             queue_depth=entry.queued + entry.in_flight,
@@ -112,13 +116,16 @@ def _ascii(text: str) -> str:
     return quote(text, safe=":;/._-~@+=")
 
 
-def explain(role: RoleDecision, decision: RouteDecision) -> dict[str, object]:
+def explain(
+    role: RoleDecision, decision: RouteDecision, addressable: Mapping[str, tuple[Manifest, Adapter | None]]
+) -> dict[str, object]:
+    base, adapter = addressable.get(decision.target or "", (None, None))
     return {
         "role": role.role,
         "source": role.source,
         "language": role.language,
         "matched": list(role.matched),
-        "target": {"model": decision.target, "adapter": None},
+        "target": {"model": base.id if base else decision.target, "adapter": adapter.name if adapter else None},
         "fallbacks": list(decision.fallbacks),
         "skipped": [{"target": s.target, "why": s.why} for s in decision.skipped],
         "reason": decision.reason,

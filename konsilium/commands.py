@@ -76,10 +76,10 @@ def route(config: Config, text: str, system: str, model: str, role: str | None) 
 
     router = Router(config, load_routing_rules(config))
     facts = {
-        m.id: TargetState(
-            model=m.id, tier=m.role, cloud=is_cloud(m), context_length=m.context_window if m.path else m.context_length
+        name: TargetState(
+            model=name, tier=m.role, cloud=is_cloud(m), context_length=m.context_window if m.path else m.context_length
         )
-        for m in config.models
+        for name, (m, _) in config.addressable().items()
     }
     explicit = model in facts
     role_decision, decision = router.decide(
@@ -88,5 +88,5 @@ def route(config: Config, text: str, system: str, model: str, role: str | None) 
     )  # fmt: skip
     from gateway.routed import explain
 
-    print(json.dumps(explain(role_decision, decision), ensure_ascii=False, indent=2))
+    print(json.dumps(explain(role_decision, decision, config.addressable()), ensure_ascii=False, indent=2))
     return 0

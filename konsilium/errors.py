@@ -56,6 +56,18 @@ class ModelNotFoundError(InvalidRequestError):
     default_code = "model_not_found"
 
 
+class AdapterNotFoundError(ModelNotFoundError):
+    """A declared LoRA adapter whose path holds no adapter."""
+
+    default_code = "adapter_not_found"
+
+
+class AdapterRefusedError(InvalidRequestError):
+    """A LoRA adapter the base model's server refuses (rank, architecture)."""
+
+    default_code = "adapter_incompatible"
+
+
 class NotFoundError(InvalidRequestError):
     status = 404
     default_code = "not_found"

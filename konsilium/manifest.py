@@ -24,7 +24,16 @@ ModelFormat = Literal["gguf", "hf", "remote"]
 LoadPolicy = Literal["eager", "on_demand"]
 
 BACKEND_OF_FORMAT: dict[str, BackendName] = {"gguf": "llama_cpp", "hf": "vllm", "remote": "openai"}
-IMPLEMENTED_BACKENDS = ("llama_cpp", "openai")
+IMPLEMENTED_BACKENDS = ("llama_cpp", "vllm", "openai")
+
+
+class Adapter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A LoRA adapter on a vLLM base model, addressed as a model of its own (`"model": name`)."""
+
+    name: ModelId
+    path: str  # a PEFT adapter directory (relative to the manifest's directory)
+    roles: list[str] = msgspec.field(default_factory=list)  # agent roles it serves when none are configured
+    tenants: list[str] = msgspec.field(default_factory=list)  # recorded for per-tenant keys (later)
 
 
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -67,6 +76,15 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     api_key_env: EnvName | None = None
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
     read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 600.0
+    # vllm: managed (`path`: a Hugging Face model directory, a server Konsilium starts) or remote (`url`)
+    python: str = "python3"  # the interpreter that has vLLM (its own virtualenv, e.g. .venv-vllm/bin/python)
+    vllm_args: list[str] = msgspec.field(default_factory=list)  # e.g. ["--dtype", "bfloat16"]
+    vllm_env: dict[str, str] = msgspec.field(default_factory=dict)  # e.g. {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    max_loras: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    max_lora_rank: Annotated[int, msgspec.Meta(ge=1, le=512)] = 16
+    gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
+    stop_grace_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    adapters: list[Adapter] = msgspec.field(default_factory=list)
 
     @property
     def backend_name(self) -> BackendName:
@@ -101,15 +119,24 @@ def rule_problems(manifest: Manifest) -> list[tuple[str, str]]:
             problems.append(("max_concurrency", "must be 1: a llama.cpp worker generates one request at a time"))
     if m.backend_name == "openai" and m.url is None:
         problems.append(("url", "is required for an openai model"))
+    if m.backend_name == "vllm" and (m.path is None) == (m.url is None):
+        problems.append(("path", "a vllm model takes either path (a server Konsilium starts) or url (a running one)"))
+    if m.adapters and m.backend_name != "vllm":
+        problems.append(("adapters", "LoRA adapters are served by the vllm backend only"))
+    names = [a.name for a in m.adapters]
+    if len(set(names)) != len(names) or m.id in names:
+        problems.append(("adapters", "adapter names must be unique and differ from the model id"))
     return problems
 
 
 def duplicate_problems(sources: Sequence[tuple[str, Manifest]]) -> Iterable[str]:
+    """Model ids and adapter names share one namespace: each addresses a model."""
     first: dict[str, str] = {}
     for source, manifest in sources:
-        if manifest.id in first:
-            yield f"{source}: id: duplicate model id {manifest.id!r} (first in {first[manifest.id]})"
-        first.setdefault(manifest.id, source)
+        for name in (manifest.id, *(a.name for a in manifest.adapters)):
+            if name in first and first[name] != source:
+                yield f"{source}: id: duplicate model id {name!r} (first in {first[name]})"
+            first.setdefault(name, source)
 
 
 def manifest_files(directory: Path) -> list[Path]:

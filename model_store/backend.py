@@ -29,6 +29,7 @@ class Health(msgspec.Struct, frozen=True):
     pid: int | None = None
     in_flight: int = 0
     queued: int = 0
+    adapters: tuple[str, ...] = ()  # LoRA adapters resident on it now (vllm)
 
 
 class Backend(Protocol):
@@ -46,7 +47,9 @@ class Backend(Protocol):
 
     async def unload(self) -> None: ...
 
-    def stream(self, request: GenerationRequest) -> AsyncGenerator[Event, None]: ...
+    def stream(self, request: GenerationRequest, adapter: str | None = None) -> AsyncGenerator[Event, None]:
+        """`adapter`: a LoRA adapter the manifest declares (only vllm models declare any)."""
+        ...
 
     def health(self) -> Health: ...
 

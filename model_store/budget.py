@@ -53,14 +53,25 @@ def foreign_gpu_mb(our_pids: Collection[int]) -> int:
 
 
 def measured_mb(pid: int) -> int | None:
-    """What a worker process really holds: its GPU memory via NVML if any, else its RSS."""
-    gpu = _nvml_process_mb(pid)
+    """What a model's process tree really holds (a vLLM server keeps its engine in a child
+    process): GPU memory via NVML if any, else the RSS summed over the tree."""
+    pids = process_tree(pid)
+    gpu = sum(_nvml_process_mb(p) or 0 for p in pids)
     if gpu:
         return gpu
+    rss = 0
+    for p in pids:
+        with contextlib.suppress(psutil.Error):
+            rss += psutil.Process(p).memory_info().rss
+    return int(rss // MIB) if rss else None
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (the process alone if it cannot be read)."""
     try:
-        return int(psutil.Process(pid).memory_info().rss // MIB)
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
     except psutil.Error:
-        return None
+        return [pid]
 
 
 @functools.cache

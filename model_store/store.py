@@ -33,13 +33,14 @@ from konsilium.errors import (
 )
 from konsilium.manifest import Manifest
 from model_store.backend import Backend, State
-from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb
+from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb, process_tree
 from model_store.checksum import ChecksumCache, default_cache_dir
 from model_store.estimate import GGUFError
 from model_store.llama_cpp.backend import LlamaCppBackend
 from model_store.openai.backend import OpenAIBackend
 from model_store.planner import Resident, plan_load
 from model_store.types import Event, GenerationRequest
+from model_store.vllm.backend import VllmBackend
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class Loading(msgspec.Struct, frozen=True):
     """Not a backend event: the store tells its caller that a load starts (SSE heartbeat time)."""
 
     model: str
-    timeout_s: float  # the load's own time limit (the manifest's load_timeout_s)
 
 
 StoreEvent = Event | Loading
@@ -59,6 +59,8 @@ StoreEvent = Event | Loading
 def build_backend(manifest: Manifest) -> Backend:
     if manifest.backend_name == "llama_cpp":
         return LlamaCppBackend(manifest)
+    if manifest.backend_name == "vllm":
+        return VllmBackend(manifest)
     return OpenAIBackend(manifest)
 
 
@@ -104,6 +106,7 @@ class ModelStore:
             m.id: Entry(m, given.get(m.id) or build_backend(m), asyncio.Semaphore(m.max_concurrency))
             for m in config.models
         }
+        self._adapter_bases = {a.name: m.id for m in config.models for a in m.adapters}
         self._checksums = ChecksumCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
         self.budget = Budget(total_mb=0, source="config")
         self._sweeper: asyncio.Task[None] | None = None
@@ -118,9 +121,23 @@ class ModelStore:
     def entries(self) -> list[Entry]:
         return list(self._entries.values())
 
+    def resolve(self, name: str) -> tuple[Entry, str | None]:
+        """A model id, or a LoRA adapter's name: the base's entry and the adapter."""
+        base = self._adapter_bases.get(name)
+        return (self._entries[base], name) if base is not None else (self.get(name), None)
+
+    def addressable(self) -> list[tuple[str, Entry, str | None]]:
+        """Every name a request may use, with its entry and adapter (models first, in config order)."""
+        return [(e.id, e, None) for e in self._entries.values()] + [
+            (name, self._entries[base], name) for name, base in self._adapter_bases.items()
+        ]
+
+    def adapter_resident(self, entry: Entry, adapter: str) -> bool:
+        return self.state_of(entry) == "ready" and adapter in entry.backend.health().adapters
+
     def state_of(self, entry: Entry) -> State:
-        """The store's state, corrected by the backend's own (a worker that died is unloaded)."""
-        if entry.state == "ready" and entry.manifest.backend_name == "llama_cpp":
+        """The store's state, corrected by the backend's own (a process that died is unloaded)."""
+        if entry.state == "ready":
             return entry.backend.health().state
         return entry.state
 
@@ -128,7 +145,8 @@ class ModelStore:
         return sum(e.reserved_mb for e in self._entries.values())
 
     def foreign_mb(self) -> int:
-        return foreign_gpu_mb({p for e in self._entries.values() if (p := e.backend.health().pid)})
+        pids = {p for e in self._entries.values() if (pid := e.backend.health().pid) for p in process_tree(pid)}
+        return foreign_gpu_mb(pids)
 
     # ---- start and stop ------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,7 +173,7 @@ class ModelStore:
 
     # ---- serving -------------------------------------------------------------------------
     async def stream(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
-        entry = self.get(model_id)
+        entry, adapter = self.resolve(model_id)
         self._admit(entry)
         entry.leases += 1
         try:
@@ -168,10 +186,10 @@ class ModelStore:
             try:
                 task = await self._start_load(entry)
                 if task is not None:
-                    if entry.manifest.backend_name != "openai":  # a remote model has nothing to wait for
-                        yield Loading(model=model_id, timeout_s=entry.manifest.load_timeout_s)
+                    if entry.manifest.path is not None:  # a remote model has nothing to wait for
+                        yield Loading(model=model_id)
                     await asyncio.shield(task)
-                async for event in entry.backend.stream(request):
+                async for event in entry.backend.stream(request, adapter):
                     yield event
             finally:
                 entry.in_flight -= 1
@@ -342,7 +360,8 @@ class ModelStore:
 
 
 def _ready(entry: Entry) -> bool:
-    return entry.state == "ready"
+    """Loaded, and its process still alive: one that died since is loaded again (a new load)."""
+    return entry.state == "ready" and entry.backend.health().ready
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

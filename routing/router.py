@@ -11,6 +11,7 @@ the target is kept: a later failure ends the answer with an error, never with a 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from konsilium.manifest import Manifest
 from routing.health import Breaker, Latency
 from routing.policy import RouteDecision, RouteInput, TargetState, choose_route
 from routing.roles import RoleDecision, resolve_role
-from routing.rules import AgentRole, RoutingRules, load_rules
+from routing.rules import AGENT_ROLES, AgentRole, RoutingRules, load_rules
 from routing.triggers import TriggerIndex
 
 DEFAULT_RULES = Path(__file__).resolve().parents[1] / "configs" / "routing.yaml"
@@ -43,6 +44,7 @@ TIER_ORDER = ("primary", "secondary", "lightweight", "micro", "optional_moe")
 RETRY_ELSEWHERE = (ContextLengthExceededError, UnsupportedParameterError)
 
 E = TypeVar("E")
+log = logging.getLogger(__name__)
 
 
 class Attempt(msgspec.Struct, frozen=True):
@@ -75,12 +77,16 @@ class Router:
         self.rules = rules
         self.index = TriggerIndex(rules)
         self._clock = clock
-        self._local = {m.id for m in config.models if not is_cloud(m)}
-        self._tiers = sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))
+        targets = config.addressable()
+        self._local = {name for name, (m, _) in targets.items() if not is_cloud(m)}
+        self._tiers = [m.id for m in sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))]
+        self._adapters_for = {
+            role: tuple(name for name, (_, a) in targets.items() if a is not None and role in a.roles)
+            for role in AGENT_ROLES
+        }
         self.latency: dict[str, Latency] = {}
         self.breakers = {
-            m.id: Breaker(self._routing.breaker_failures, self._routing.breaker_cooldown_s, clock)
-            for m in config.models
+            name: Breaker(self._routing.breaker_failures, self._routing.breaker_cooldown_s, clock) for name in targets
         }
 
     # ---- deciding (no awaits) ----------------------------------------------------------------
@@ -105,7 +111,7 @@ class Router:
         )
         route = self._routing.roles.get(role.role)
         budget = latency_budget_ms if latency_budget_ms is not None else (route.latency_target_ms if route else None)
-        chain = self._chain(route, explicit)
+        chain = self._chain(role.role, route, explicit)
         decision = choose_route(
             RouteInput(
                 role=role.role,
@@ -124,10 +130,12 @@ class Router:
         )
         return role, decision
 
-    def _chain(self, route: RoleRoute | None, explicit: bool) -> tuple[str, ...]:
+    def _chain(self, role: AgentRole, route: RoleRoute | None, explicit: bool) -> tuple[str, ...]:
         if route is not None and route.targets:
-            return tuple(t.model for t in route.targets)
-        return () if explicit else tuple(m.id for m in self._tiers)  # no chain configured: every model, by tier
+            return tuple(t.target for t in route.targets)
+        if explicit:
+            return ()
+        return self._adapters_for[role] + tuple(self._tiers)  # none configured: the role's adapters, then by tier
 
     def snapshot(self, facts: Mapping[str, TargetState]) -> dict[str, TargetState]:
         out = {}
@@ -146,7 +154,7 @@ class Router:
         """The sampling defaults the role's chain sets for this target (the client's values win)."""
         route = self._routing.roles.get(role)
         for target in route.targets if route else ():
-            if target.model == model:
+            if target.target == model:
                 return {
                     k: v for k, v in (("temperature", target.temperature), ("top_p", target.top_p)) if v is not None
                 }
@@ -157,12 +165,13 @@ class Router:
         self,
         decision: RouteDecision,
         open_target: Callable[[str], AsyncGenerator[E, None]],
-        announces: Callable[[E], float | None] = lambda event: None,
+        announces: Callable[[E], bool] = lambda event: False,
     ) -> Opened[E]:
-        """`announces(event)`: for an event that only announces a model load, the load's time
-        limit in seconds. While another target could still be tried, the loop waits through the
-        load for the real first event, so a load that fails falls back; the last target is
-        returned at its announcement (the gateway streams heartbeats while it loads)."""
+        """`announces(event)`: the event only announces a model load. While another target could
+        still be tried, the loop waits through the load for the real first event — all within
+        `local_timeout_ms` — so a load that fails or takes too long falls back (the load itself
+        goes on in the store). The last target is returned at its announcement: the gateway
+        streams heartbeats while it loads."""
         failed: list[Attempt] = []
         errors: list[GatewayError] = []
         local_tries = 0
@@ -179,7 +188,7 @@ class Router:
             events = open_target(target)
             last = not self._any_left(chain[position + 1 :], local_tries)
             try:
-                first = await self._first(events, local, announces if not last else lambda event: None)
+                first = await self._first(events, local, announces if not last else lambda event: False)
             except GatewayError as error:
                 if isinstance(error, InvalidRequestError):
                     if not isinstance(error, RETRY_ELSEWHERE):
@@ -189,6 +198,7 @@ class Router:
                     breaker.failure()
                 errors.append(error)
                 failed.append(Attempt(target=target, error=error.code, ms=round((self._clock() - started) * 1000)))
+                log.warning("target %s failed before answering (%s): %s", target, error.code, error.message)
                 continue
             breaker.success()
             return Opened(target=target, first=first, events=events, failed=failed)
@@ -197,12 +207,13 @@ class Router:
     def _any_left(self, rest: tuple[str, ...], local_tries: int) -> bool:
         return any(t not in self._local or local_tries < self._routing.max_local_attempts for t in rest)
 
-    async def _first(self, events: AsyncGenerator[E, None], local: bool, announces: Callable[[E], float | None]) -> E:
+    async def _first(self, events: AsyncGenerator[E, None], local: bool, announces: Callable[[E], bool]) -> E:
         timeout = self._routing.local_timeout_ms / 1000 if local else None
         try:
-            first = await asyncio.wait_for(anext(events), timeout)
-            while (load_s := announces(first)) is not None:  # a load: its limit, then the usual wait
-                first = await asyncio.wait_for(anext(events), None if timeout is None else load_s + timeout)
+            async with asyncio.timeout(timeout):
+                first = await anext(events)
+                while announces(first):
+                    first = await anext(events)
             return first
         except TimeoutError as exc:
             await events.aclose()

@@ -38,6 +38,7 @@ def llama_model(model_id: str = MODEL_ID, **options: object) -> dict[str, object
 class Server:
     base_url: str
     process: subprocess.Popen[bytes]
+    log: Path | None = None  # its output (run_server writes konsilium-PORT.log)
 
     @property
     def v1(self) -> str:
@@ -67,7 +68,7 @@ def run_server(tmp_path: Path, models: list[dict[str, object]], **settings: obje
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(base_url=f"http://127.0.0.1:{port}", process=process)
+    server = Server(base_url=f"http://127.0.0.1:{port}", process=process, log=tmp_path / f"konsilium-{port}.log")
     try:
         _wait_ready(server, timeout_s=120)
         yield server

@@ -124,7 +124,7 @@ def test_manifest_rules_are_all_reported_at_once(tmp_path: Path) -> None:
         "models/twin.yaml: id: duplicate model id 'qwen' (first in models/qwen.yaml)",
         "models/twin.yaml: max_concurrency: must be 1: a llama.cpp worker generates one request at a time",
         "models/typo.yaml: Object contains unknown field `colour`",
-        "models/vllm.yaml: backend: vllm is not available in this version",
+        f"models/vllm.yaml: path: not a Hugging Face model directory (no config.json): {tmp_path}/models/m.gguf",
     ]
 
 
@@ -132,3 +132,62 @@ def test_reasoning_modes_are_fine_for_planners_and_judges(tmp_path: Path) -> Non
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     text = "models:\n  - {id: j, path: m.gguf, capabilities: [chat, judge], reasoning_modes: [deep]}\n"
     assert load_config(write(tmp_path, text)).models[0].reasoning_modes == ["deep"]
+
+
+def test_vllm_manifest_rules(tmp_path: Path) -> None:
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}", encoding="utf-8")
+    path = write(
+        tmp_path,
+        f"""
+models:
+  - {{id: both, format: hf, path: hf, url: "http://127.0.0.1:9/v1"}}
+  - {{id: neither, format: hf}}
+  - {{id: twice, format: hf, path: hf, adapters: [{{name: a, path: x}}, {{name: a, path: y}}]}}
+  - {{id: gguf-lora, path: {SMOLLM2}, adapters: [{{name: b, path: x}}]}}
+  - {{id: not-hf, format: hf, path: {SMOLLM2}}}
+  - {{id: clash, format: hf, path: hf, adapters: [{{name: both, path: x}}]}}
+routing:
+  roles:
+    qa: {{targets: [{{model: clash, adapter: nope}}]}}
+""",
+    )
+    found = problems(path)
+    assert (
+        f"{path}: models[0]: path: a vllm model takes either path (a server Konsilium starts) or url (a running one)"
+        in found
+    )
+    assert (
+        f"{path}: models[1]: path: a vllm model takes either path (a server Konsilium starts) or url (a running one)"
+        in found
+    )
+    assert f"{path}: models[2]: adapters: adapter names must be unique and differ from the model id" in found
+    assert f"{path}: models[3]: adapters: LoRA adapters are served by the vllm backend only" in found
+    assert any(
+        p.startswith(f"{path}: models[4]: path: not a Hugging Face model directory (no config.json)") for p in found
+    )
+    assert f"{path}: models[5]: id: duplicate model id 'both' (first in {path}: models[0])" in found
+    assert f"{path}: routing.roles.qa.targets[0].adapter: 'clash' declares no adapter 'nope'" in found
+
+
+def test_adapters_are_addressable_as_models_with_paths_relative_to_their_manifest(tmp_path: Path) -> None:
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}", encoding="utf-8")
+    path = write(
+        tmp_path,
+        """
+models:
+  - {id: base, format: hf, path: hf, adapters: [{name: lora-qa, path: adapters/qa, roles: [qa]}]}
+routing:
+  roles:
+    qa: {targets: [{model: base, adapter: lora-qa}, {model: base}]}
+""",
+    )
+    config = load_config(path)
+    targets = config.addressable()
+    assert list(targets) == ["base", "lora-qa"]
+    base, adapter = targets["lora-qa"]
+    assert base.id == "base"
+    assert adapter is not None
+    assert adapter.path == str(tmp_path / "adapters" / "qa")
+    assert [t.target for t in config.routing.roles["qa"].targets] == ["lora-qa", "base"]

@@ -77,7 +77,8 @@ class LlamaCppBackend:
             await self._worker.stop()
             self._worker, self._state = None, "unloaded"
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
+    async def stream(self, request: GenerationRequest, adapter: str | None = None) -> AsyncGenerator[Event, None]:
+        assert adapter is None, "llama.cpp models declare no adapters"
         self._queued += 1
         try:
             await self._turn.acquire()

@@ -95,12 +95,13 @@ class OpenAIBackend:
     def memory_need_mb(self) -> int:
         return 0
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[Event, None]:
+    async def stream(self, request: GenerationRequest, adapter: str | None = None) -> AsyncGenerator[Event, None]:
+        """`adapter`: the upstream model to ask instead (a vLLM LoRA adapter, through `vllm`)."""
         if request.kind == "completion" and request.top_logprobs is not None:
             raise UnsupportedParameterError("logprobs are not relayed for text completions", param="logprobs")
         await self.load()
         assert self._session is not None
-        body = wire.request_body(request, self._config.upstream_model or self._config.id)
+        body = wire.request_body(request, adapter or self._config.upstream_model or self._config.id)
         try:
             async with self._session.post(self._urls[request.kind], data=body, headers=_JSON) as response:
                 if response.status >= 400:

@@ -1,0 +1,1 @@
+"""The vLLM backend: one base model with many LoRA adapters, managed or remote."""
