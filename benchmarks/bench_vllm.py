@@ -32,8 +32,8 @@ def model_yaml() -> str:
     manifest = {
         "id": "base", "format": "hf", "path": str(ASSETS / "smollm2-135m-hf"),
         "python": str(REPO_ROOT / ".venv-vllm" / "bin" / "python"), "n_ctx": 2048, "max_loras": 2,
-        "max_lora_rank": 8, "load": "eager", "load_timeout_s": 300, "vllm_args": ["--dtype", "bfloat16"],
-        "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        "max_lora_rank": 8, "max_concurrency": 8, "load": "eager", "load_timeout_s": 300,
+        "vllm_args": ["--dtype", "bfloat16"], "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
         "adapters": [{"name": name, "path": str(ASSETS / "adapters" / name)} for name in ADAPTERS],
     }  # fmt: skip
     return f"  - {json.dumps(manifest)}\n"

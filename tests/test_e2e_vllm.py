@@ -37,6 +37,7 @@ def vllm_model() -> dict[str, object]:
     return {
         "id": BASE, "format": "hf", "path": str(ASSETS / "smollm2-135m-hf"), "python": str(VLLM_PYTHON),
         "n_ctx": 2048, "max_loras": 2, "max_lora_rank": 8, "load": "eager", "load_timeout_s": 300,
+        "max_concurrency": 8,  # vLLM batches: concurrent first requests for an adapter really meet
         "stop_grace_s": 10, "vllm_args": ["--dtype", "bfloat16"], "vllm_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
         "adapters": adapters,
     }  # fmt: skip
