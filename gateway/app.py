@@ -7,11 +7,17 @@ from collections.abc import Callable, Mapping
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 
 from gateway import admin, completions, models
+from gateway import metrics as gateway_metrics
 from gateway.errors import render
+from gateway.metrics import StateCollector
+from gateway.observe import ObservedApp
 from gateway.services import Services
 from konsilium.config import Config
+from konsilium.observability.metrics import Metrics
+from konsilium.observability.tracing import setup_tracing
 from model_store.backend import Backend
 from model_store.store import ModelStore
 from routing.router import Router, load_routing_rules
@@ -23,11 +29,17 @@ def create_app(
     backends: Mapping[str, Backend] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Litestar:
-    store = ModelStore(config, backends, clock=clock or time.monotonic)
-    router = Router(config, load_routing_rules(config), clock=clock or time.monotonic)
-    services = Services(config=config, store=store, router=router)
+    telemetry = config.telemetry
+    provider = setup_tracing(telemetry)
+    metrics = Metrics() if telemetry.metrics else None
+    store = ModelStore(config, backends, clock=clock or time.monotonic, observer=metrics)
+    router = Router(config, load_routing_rules(config), clock=clock or time.monotonic, observer=metrics)
+    services = Services(config=config, store=store, router=router, metrics=metrics)
+    if metrics is not None:
+        metrics.registry.register(StateCollector(store, router))
     return Litestar(
         route_handlers=[
+            *([gateway_metrics.metrics] if metrics is not None else []),
             completions.chat_completions,
             completions.completions,
             models.list_models,
@@ -41,9 +53,10 @@ def create_app(
             admin.admin_route,
         ],
         exception_handlers={Exception: render},
+        middleware=[DefineMiddleware(ObservedApp, metrics=metrics)],
         state=State({"services": services}),
         on_startup=[store.start],
-        on_shutdown=[store.close],
+        on_shutdown=[store.close, lambda: provider.force_flush() if provider is not None else True],
         request_max_body_size=config.max_body_bytes,
         openapi_config=None,
         logging_config=None,

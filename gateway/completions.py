@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway import convert
+from gateway import convert, observe
 from gateway import protocol as p
 from gateway.errors import from_decode_error
 from gateway.framing import ChatResponder, CompletionResponder, Responder
@@ -34,6 +34,7 @@ from gateway.routed import (
 from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
 from konsilium.errors import ContextLengthExceededError, ModelNotFoundError
+from konsilium.observability.tracing import tracer
 from model_store.store import Loading, StoreEvent
 from model_store.types import Finish, GenerationRequest
 from routing.policy import RouteDecision
@@ -63,7 +64,10 @@ async def respond(
 ) -> Response[bytes] | Stream:
     services: Services = request.app.state.services
     store, router = services.store, services.router
+    record = observe.current()
+    record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
     role, decision = route(services, request, body.model, generation)
+    record.role = role.role
     if decision.target is None:
         why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
         if decision.too_long:
@@ -74,13 +78,15 @@ async def respond(
         raise AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
 
     def open_target(target: str) -> AsyncGenerator[StoreEvent, None]:
-        return store.stream(target, with_defaults(generation, router.target_defaults(role.role, target)))
+        events = store.stream(target, with_defaults(generation, router.target_defaults(role.role, target)))
+        return observe.attempt(target, generation, events, services.metrics, services.config.telemetry)
 
     started = time.monotonic()
     opened = await unless_disconnected(request.receive, router.open_first(decision, open_target, announces))
     started += sum(a.ms for a in opened.failed) / 1000  # the answering target's own time starts here
     first_at = None if isinstance(opened.first, Loading) else time.monotonic()
-    headers = {**route_headers(role, decision, opened.target, opened.failed), "x-request-id": request_id(request)}
+    record.model, record.fallbacks = opened.target, tuple(a.target for a in opened.failed)
+    headers = {**route_headers(role, decision, opened.target, opened.failed), "x-request-id": record.request_id}
     responder = make_responder(opened.target)
     events = observed(router, opened.target, opened.events, started, first_at)
     try:
@@ -109,17 +115,21 @@ def route(
     if not explicit and not is_routed_model(router, model):
         raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
     user_text, system_text = texts(generation)
-    return router.decide(
-        facts(store, generation),
-        model=model,
-        explicit=explicit,
-        user_text=user_text,
-        system_text=system_text,
-        prompt_tokens=estimate_tokens(generation),
-        max_tokens=generation.max_tokens,
-        short_answer=short_answer(generation),
-        **wants(request, services.config.routing.ab_fraction),
-    )
+    with tracer().start_as_current_span("route") as span:
+        role, decision = router.decide(
+            facts(store, generation),
+            model=model,
+            explicit=explicit,
+            user_text=user_text,
+            system_text=system_text,
+            prompt_tokens=estimate_tokens(generation),
+            max_tokens=generation.max_tokens,
+            short_answer=short_answer(generation),
+            **wants(request, services.config.routing.ab_fraction),
+        )
+        if span.is_recording():
+            span.set_attributes(observe.route_attributes(role, decision))
+    return role, decision
 
 
 async def observed(
@@ -147,6 +157,7 @@ def request_id(request: AnyRequest) -> str:
 
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
+    observe.current().inference = True
     body = await decode(request, p.chat_request_decoder)
     generation = convert.chat_request(body)
     logprobs = bool(body.logprobs)
@@ -155,6 +166,7 @@ async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
 
 @post("/v1/completions", status_code=200)
 async def completions(request: AnyRequest) -> Response[bytes] | Stream:
+    observe.current().inference = True
     body = await decode(request, p.completion_request_decoder)
     generation = convert.completion_request(body)
     logprobs = body.logprobs is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from konsilium.config import Config
+from konsilium.observability.metrics import Metrics
 from model_store.store import ModelStore
 from routing.router import Router
 
@@ -14,3 +15,4 @@ class Services:
     config: Config
     store: ModelStore
     router: Router
+    metrics: Metrics | None = None  # None: metrics are off

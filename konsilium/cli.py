@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -68,11 +67,13 @@ def serve(config: Config) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from konsilium.observability.logs import configure_logging
 
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level, access_log=False)
+    configure_logging(config.log_level, config.telemetry.log_format)
+    uvicorn.run(
+        create_app(config), host=config.host, port=config.port, log_level=config.log_level, access_log=False,
+        log_config=None,
+    )  # fmt: skip
 
 
 def validate(directory: Path, allow_external: bool) -> int:

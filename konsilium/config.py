@@ -79,6 +79,17 @@ class RoutingConfig(_Strict, frozen=True):
     roles: dict[AgentRole, RoleRoute] = msgspec.field(default_factory=dict)
 
 
+class TelemetryConfig(_Strict, frozen=True):
+    """Traces, metrics and logs (README "Observability")."""
+
+    tracing: bool = True  # spans for every request; exported only when an OTLP endpoint is set
+    otlp_endpoint: str | None = None  # else OTEL_EXPORTER_OTLP_ENDPOINT; neither: nothing leaves
+    service_name: str = "konsilium"
+    record_content: bool = False  # prompts and completions on spans: only when asked for
+    metrics: bool = True  # GET /metrics, Prometheus text format
+    log_format: Literal["json", "text"] = "json"  # json: one object a line, one line per request
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8400
@@ -93,6 +104,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     admin_loopback_only: bool = True
     cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
     def addressable(self) -> dict[str, tuple[Manifest, Adapter | None]]:
         """Every name a request may give as `model`: each model, and each LoRA adapter on its base."""

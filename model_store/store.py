@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+from opentelemetry import trace
 
 from konsilium.config import Config
 from konsilium.errors import (
@@ -32,6 +33,7 @@ from konsilium.errors import (
     RateLimitError,
 )
 from konsilium.manifest import Manifest
+from konsilium.observability.events import NoObserver, Observer, UnloadReason
 from model_store.backend import Backend, State
 from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb, process_tree
 from model_store.checksum import ChecksumCache, default_cache_dir
@@ -43,6 +45,7 @@ from model_store.types import Event, GenerationRequest
 from model_store.vllm.backend import VllmBackend
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("konsilium.model_store")
 
 RETRY_AFTER_FULL_S = 5
 
@@ -97,9 +100,11 @@ class ModelStore:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
+        self._observer = observer or NoObserver()
         self._wall = wall_clock
         given = backends or {}
         self._entries = {
@@ -169,6 +174,8 @@ class ModelStore:
                 await self._sweeper
         await asyncio.gather(*(e.backend.unload() for e in self._entries.values()), return_exceptions=True)
         for entry in self._entries.values():
+            if entry.state == "ready":
+                self._observer.unloaded(entry.id, "shutdown")
             entry.state, entry.reserved_mb = "unloaded", 0
 
     # ---- serving -------------------------------------------------------------------------
@@ -178,10 +185,13 @@ class ModelStore:
         entry.leases += 1
         try:
             entry.queued += 1
+            waited = self._clock()
             try:
-                await entry.slots.acquire()
+                with _tracer.start_as_current_span("queue wait", attributes=_queue_attributes(model_id, entry)):
+                    await entry.slots.acquire()
             finally:
                 entry.queued -= 1
+            self._observer.queue_waited(model_id, self._clock() - waited)
             entry.in_flight += 1
             try:
                 task = await self._start_load(entry)
@@ -211,7 +221,7 @@ class ModelStore:
             raise ConflictError(f"model {model_id!r} has {entry.leases} requests in flight or queued", param="model")
         if entry.state == "ready":
             entry.state = "unloading"
-            await self._unload(entry)
+            await self._unload(entry, "admin")
         return entry
 
     def _admit(self, entry: Entry) -> None:
@@ -297,9 +307,15 @@ class ModelStore:
         ]
 
     async def _load(self, entry: Entry, victims: list[Entry]) -> None:
+        attributes = {"gen_ai.request.model": entry.id, "konsilium.model.backend": entry.manifest.backend_name,
+                      "konsilium.load.evicted": [v.id for v in victims]}  # fmt: skip
+        with _tracer.start_as_current_span("model load", attributes=attributes):
+            await self._evict_and_load(entry, victims)
+
+    async def _evict_and_load(self, entry: Entry, victims: list[Entry]) -> None:
         for victim in victims:
             log.info("evicting %s (%d MB) for %s", victim.id, victim.reserved_mb, entry.id)
-            await self._unload(victim)
+            await self._unload(victim, "evicted")
         started = self._clock()
         try:
             await entry.backend.load()
@@ -310,6 +326,7 @@ class ModelStore:
             ) from exc
         entry.load_seconds = self._clock() - started
         entry.loads += 1
+        self._observer.loaded(entry.id, entry.load_seconds)
         entry.state, entry.last_used, entry.last_used_wall = "ready", self._clock(), self._wall()
         pid = entry.backend.health().pid
         measured = await asyncio.to_thread(measured_mb, pid) if pid else None
@@ -317,13 +334,15 @@ class ModelStore:
             entry.measured_mb = entry.reserved_mb = measured
         log.info("loaded %s in %.2f s (%d MB)", entry.id, entry.load_seconds, entry.reserved_mb)
 
-    async def _unload(self, entry: Entry) -> None:
+    async def _unload(self, entry: Entry, reason: UnloadReason) -> None:
         """Callers mark the entry `unloading` first; a load booked meanwhile keeps its state."""
         await entry.backend.unload()
+        self._observer.unloaded(entry.id, reason)
         if entry.state == "unloading":
             entry.state, entry.reserved_mb = "unloaded", 0
 
     def _fail(self, entry: Entry, message: str) -> None:
+        self._observer.load_failed(entry.id)
         entry.state, entry.reserved_mb, entry.last_error = "failed", 0, message
         entry.failed_until = self._clock() + self._config.load_failure_cooldown_s
 
@@ -339,7 +358,7 @@ class ModelStore:
             for entry in self.idle_expired():
                 log.info("unloading %s after %.0f s idle", entry.id, entry.manifest.idle_unload_seconds or 0)
                 try:
-                    await self._unload(entry)
+                    await self._unload(entry, "idle")
                 except Exception:  # the sweeper outlives any one model's failure
                     log.exception("idle unload of %s failed", entry.id)
 
@@ -357,6 +376,10 @@ class ModelStore:
         for entry in expired:
             entry.state = "unloading"
         return expired
+
+
+def _queue_attributes(model_id: str, entry: Entry) -> dict[str, str | int]:
+    return {"gen_ai.request.model": model_id, "konsilium.queue.ahead": entry.queued - 1 + entry.in_flight}
 
 
 def _ready(entry: Entry) -> bool:

@@ -32,6 +32,7 @@ from konsilium.errors import (
     UnsupportedParameterError,
 )
 from konsilium.manifest import Manifest
+from konsilium.observability.events import NoObserver, Observer
 from routing.health import Breaker, Latency
 from routing.policy import RouteDecision, RouteInput, TargetState, choose_route
 from routing.roles import RoleDecision, resolve_role
@@ -71,12 +72,20 @@ def load_routing_rules(config: Config) -> RoutingRules:
 
 
 class Router:
-    def __init__(self, config: Config, rules: RoutingRules, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rules: RoutingRules,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
+    ) -> None:
         self._config = config
         self._routing = config.routing
         self.rules = rules
         self.index = TriggerIndex(rules)
         self._clock = clock
+        self._observer = observer or NoObserver()
         targets = config.addressable()
         self._local = {name for name, (m, _) in targets.items() if not is_cloud(m)}
         self._tiers = [m.id for m in sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))]
@@ -109,6 +118,7 @@ class Router:
         role = resolve_role(
             self.rules, self.index, header=header_role, model=model, user_text=user_text, system_text=system_text
         )
+        self._observer.decided(role.role, role.source, role.language)
         route = self._routing.roles.get(role.role)
         budget = latency_budget_ms if latency_budget_ms is not None else (route.latency_target_ms if route else None)
         chain = self._chain(role.role, route, explicit)
@@ -199,6 +209,7 @@ class Router:
                 errors.append(error)
                 failed.append(Attempt(target=target, error=error.code, ms=round((self._clock() - started) * 1000)))
                 log.warning("target %s failed before answering (%s): %s", target, error.code, error.message)
+                self._observer.attempt_failed(target, error.code)
                 continue
             breaker.success()
             return Opened(target=target, first=first, events=events, failed=failed)

@@ -121,9 +121,10 @@ def test_more_adapters_than_max_loras_unloads_the_least_recently_used(served: Se
 
 
 def load_calls(server: Server) -> int:
-    """vLLM's own access log lines, relayed into Konsilium's log."""
+    """vLLM's own access log lines, relayed into Konsilium's log (JSON lines)."""
     assert server.log is not None
-    return server.log.read_text(errors="replace").count('"POST /v1/load_lora_adapter HTTP/1.1" 200')
+    lines = [json.loads(line) for line in server.log.read_text(errors="replace").splitlines() if line.startswith("{")]
+    return sum('"POST /v1/load_lora_adapter HTTP/1.1" 200' in line["message"] for line in lines)
 
 
 async def test_concurrent_first_requests_for_one_adapter_load_it_once(served: Server) -> None:

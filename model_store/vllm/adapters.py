@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+from opentelemetry import trace
 
 from konsilium.errors import (
     AdapterNotFoundError,
@@ -34,6 +35,7 @@ from konsilium.manifest import Adapter
 from model_store.openai.errors import parse_error_body, translate_transport_error
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("konsilium.model_store")
 
 
 def choose_victim(resident: Mapping[str, float], in_use: Mapping[str, int]) -> str | None:
@@ -92,6 +94,10 @@ class AdapterSlots:
         await asyncio.shield(task)
 
     async def _load(self, name: str) -> None:
+        with _tracer.start_as_current_span("adapter load", attributes={"gen_ai.request.model": name}):
+            await self._unload_and_load(name)
+
+    async def _unload_and_load(self, name: str) -> None:
         adapter = self._adapters[name]
         if self._local and not (Path(adapter.path) / "adapter_config.json").is_file():
             raise AdapterNotFoundError(

@@ -1,0 +1,65 @@
+"""`GET /metrics`: the registry's counters and histograms, plus gauges read at scrape time from
+the store and the router (queue depth, model state, memory, breakers, resident adapters)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from litestar import Request, Response, get
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.services import Services
+from model_store.backend import State
+from model_store.store import ModelStore
+from routing.router import Router
+
+MIB = 1024 * 1024
+EXPOSITION_FORMAT = "text/plain; version=0.0.4"  # the text format every Prometheus reads (Litestar adds the charset)
+STATES: tuple[State, ...] = ("unloaded", "loading", "ready", "unloading", "failed")
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class StateCollector(Collector):
+    def __init__(self, store: ModelStore, router: Router) -> None:
+        self._store = store
+        self._router = router
+
+    def collect(self) -> Iterator[Metric]:
+        store = self._store
+        state = GaugeMetricFamily(
+            "konsilium_model_state", "1 for the state each model is in", labels=["model", "state"]
+        )
+        queued = GaugeMetricFamily("konsilium_queue_depth", "Requests waiting for a model's slot", labels=["model"])
+        running = GaugeMetricFamily("konsilium_requests_in_flight", "Requests a model is serving", labels=["model"])
+        memory = GaugeMetricFamily("konsilium_model_memory_bytes", "Memory booked for a model", labels=["model"])
+        adapters = GaugeMetricFamily(
+            "konsilium_adapter_resident", "1 for each LoRA adapter resident on its base", labels=["model", "adapter"]
+        )
+        for entry in store.entries():
+            current = store.state_of(entry)
+            for name in STATES:
+                state.add_metric([entry.id, name], float(current == name))
+            queued.add_metric([entry.id], entry.queued)
+            running.add_metric([entry.id], entry.in_flight)
+            memory.add_metric([entry.id], entry.reserved_mb * MIB)
+            for adapter in entry.backend.health().adapters:
+                adapters.add_metric([entry.id, adapter], 1)
+        yield from (state, queued, running, memory, adapters)
+        yield GaugeMetricFamily("konsilium_memory_budget_bytes", "The memory budget", value=store.budget.total_mb * MIB)
+        yield GaugeMetricFamily("konsilium_memory_used_bytes", "Memory booked by models", value=store.used_mb() * MIB)
+        breakers = GaugeMetricFamily(
+            "konsilium_breaker_state", "Circuit breaker per target: 0 closed, 1 half open, 2 open", labels=["target"]
+        )
+        for target, breaker in self._router.breakers.items():
+            breakers.add_metric([target], BREAKER_STATES[breaker.state()])
+        yield breakers
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    services: Services = request.app.state.services
+    assert services.metrics is not None, "the route exists only with metrics on"
+    return Response(content=generate_latest(services.metrics.registry), media_type=EXPOSITION_FORMAT)

@@ -1,0 +1,212 @@
+"""Per request: the server span, the access log line, request metrics; per attempt: the backend
+call span (`chat {model}`, first token as an event) and token metrics.
+
+The middleware wraps every HTTP request except `/metrics` and `/health` (scrapes and probes):
+it opens the server span (continuing a `traceparent` the client sent), returns its trace id in
+`x-konsilium-trace-id`, and when the last byte has gone — streams included — records the
+request's metrics and writes one access log line from the `RequestRecord` the handler filled.
+Spans opened meanwhile (routing, queue wait, model load, the backend calls) are its children.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from konsilium.config import TelemetryConfig
+from konsilium.errors import GatewayError
+from konsilium.observability.logs import ACCESS_LOGGER
+from konsilium.observability.metrics import Metrics
+from konsilium.observability.tracing import trace_id, tracer
+from model_store.store import Loading, StoreEvent
+from model_store.types import Finish, GenerationRequest, TextDelta
+from routing.policy import RouteDecision
+from routing.roles import RoleDecision
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+UNOBSERVED = frozenset({"/metrics", "/health"})
+TRACE_HEADER = b"x-konsilium-trace-id"
+
+
+@dataclass
+class RequestRecord:
+    """What one request did; the handler and the attempt wrapper fill it, the middleware reads it."""
+
+    started: float = field(default_factory=time.perf_counter)
+    trace_id: str = ""
+    request_id: str = ""
+    inference: bool = False  # a completion request (counted in konsilium_requests_total)
+    stream: bool = False
+    role: str = ""
+    model: str = ""  # the model that answered, else the one asked for
+    fallbacks: tuple[str, ...] = ()
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str = ""
+
+
+CURRENT: ContextVar[RequestRecord | None] = ContextVar("konsilium_request", default=None)
+
+
+def current() -> RequestRecord:
+    """The record of the request being served (a throwaway one outside the middleware)."""
+    return CURRENT.get() or RequestRecord()
+
+
+class ObservedApp:
+    """Pure ASGI middleware (so a stream's span ends with its last byte, not with the handler)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"] in UNOBSERVED:
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        record = RequestRecord()
+        status = 500
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        attributes = {"http.request.method": method, "url.path": path}
+        with tracer().start_as_current_span(
+            f"{method} {path}", context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            record.trace_id = trace_id(span)
+
+            async def send_with_trace_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    if record.trace_id:
+                        message["headers"] = [*message.get("headers", ()), (TRACE_HEADER, record.trace_id.encode())]
+                await send(message)
+
+            token = CURRENT.set(record)
+            try:
+                await self.app(scope, receive, send_with_trace_id)
+            finally:
+                CURRENT.reset(token)
+                self._finish(span, record, method, path, status)
+
+    def _finish(self, span: trace.Span, record: RequestRecord, method: str, path: str, status: int) -> None:
+        seconds = time.perf_counter() - record.started
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, record.error or str(status)))
+        if record.inference and self.metrics is not None:
+            self.metrics.answered(record.model, record.role, status, record.stream, seconds)
+        access_log.info(
+            "%s %s %d", method, path, status, extra={"fields": _access_fields(record, method, path, status, seconds)},
+        )  # fmt: skip
+
+
+def _access_fields(record: RequestRecord, method: str, path: str, status: int, seconds: float) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "request_id": record.request_id, "trace_id": record.trace_id, "method": method,
+        "path": path, "status": status, "duration_ms": round(seconds * 1000, 1),
+    }  # fmt: skip
+    if record.inference:
+        fields |= {
+            "role": record.role, "model": record.model, "stream": record.stream, "fallbacks": list(record.fallbacks),
+            "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 1),
+            "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+        }  # fmt: skip
+    if record.error:
+        fields["error"] = record.error
+    return fields
+
+
+def route_attributes(role: RoleDecision, decision: RouteDecision) -> dict[str, str | list[str]]:
+    return {
+        "konsilium.role": role.role,
+        "konsilium.role.source": role.source,
+        "konsilium.language": role.language,
+        "konsilium.matched": list(role.matched),
+        "konsilium.target": decision.target or "",
+        "konsilium.fallbacks": list(decision.fallbacks),
+        "konsilium.skipped": [f"{s.target}: {s.why}" for s in decision.skipped],
+        "konsilium.route.reason": decision.reason,
+    }
+
+
+async def attempt(
+    target: str,
+    generation: GenerationRequest,
+    events: AsyncGenerator[StoreEvent, None],
+    metrics: Metrics | None,
+    settings: TelemetryConfig,
+) -> AsyncGenerator[StoreEvent, None]:
+    """One target's answer, traced as a GenAI client span and measured (first token, tokens)."""
+    record = current()
+    operation = "chat" if generation.kind == "chat" else "text_completion"
+    span = tracer().start_span(f"{operation} {target}", kind=SpanKind.CLIENT, attributes=_request_attributes(
+        operation, target, generation, settings))  # fmt: skip
+    first_at: float | None = None
+    text: list[str] = []
+    try:
+        async for event in events:
+            if first_at is None and not isinstance(event, Loading):
+                first_at = time.perf_counter()
+                record.ttft_ms = (first_at - record.started) * 1000
+                span.add_event("first_token", {"konsilium.ttft_ms": round(record.ttft_ms, 1)})
+                if metrics is not None:
+                    metrics.first_token(target, first_at - record.started)
+            if settings.record_content and isinstance(event, TextDelta):
+                text.append(event.text)
+            if isinstance(event, Finish):
+                _finished(span, record, target, event, text if settings.record_content else None)
+                if metrics is not None and first_at is not None:
+                    usage = event.usage
+                    metrics.finished(
+                        target, usage.prompt_tokens, usage.completion_tokens, time.perf_counter() - first_at
+                    )
+            yield event
+    except GatewayError as exc:
+        record.error = exc.code
+        span.set_attribute("error.type", exc.code)
+        span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
+        raise
+    finally:
+        span.end()
+        await events.aclose()
+
+
+def _request_attributes(
+    operation: str, target: str, generation: GenerationRequest, settings: TelemetryConfig
+) -> dict[str, str | int | float]:
+    attributes: dict[str, str | int | float] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": "konsilium",
+        "gen_ai.request.model": target,
+    }
+    for key, value in (("max_tokens", generation.max_tokens), ("temperature", generation.temperature),
+                       ("top_p", generation.top_p)):  # fmt: skip
+        if value is not None:
+            attributes[f"gen_ai.request.{key}"] = value
+    if settings.record_content:  # opt-in only: prompts can hold anything
+        messages = [{"role": m.role, "content": m.content} for m in generation.messages]
+        attributes["gen_ai.input.messages"] = json.dumps(messages or [{"role": "user", "content": generation.prompt}])
+    return attributes
+
+
+def _finished(span: trace.Span, record: RequestRecord, target: str, finish: Finish, text: list[str] | None) -> None:
+    record.prompt_tokens, record.completion_tokens = finish.usage.prompt_tokens, finish.usage.completion_tokens
+    span.set_attributes({
+        "gen_ai.response.model": target,
+        "gen_ai.response.finish_reasons": [finish.reason],
+        "gen_ai.usage.input_tokens": finish.usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": finish.usage.completion_tokens,
+    })  # fmt: skip
+    if text is not None:
+        span.set_attribute("gen_ai.output.messages", json.dumps([{"role": "assistant", "content": "".join(text)}]))

@@ -1,0 +1,58 @@
+"""OpenTelemetry set-up: one SDK `TracerProvider` per process, an OTLP exporter only when asked.
+
+Code everywhere else only uses the API (`trace.get_tracer(...)`): with tracing off no SDK
+provider is installed and every span is a no-op. With tracing on and no endpoint, spans are
+still made (the trace id goes back in `x-konsilium-trace-id`) but nothing leaves the process.
+Span and attribute names follow the GenAI semantic conventions where they exist:
+`chat {model}` spans with `gen_ai.request.model`, `gen_ai.response.model`,
+`gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`, `gen_ai.response.finish_reasons`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from konsilium.config import TelemetryConfig
+
+log = logging.getLogger(__name__)
+
+TRACER_NAME = "konsilium"
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def setup_tracing(settings: TelemetryConfig) -> TracerProvider | None:
+    """Install the SDK provider (or reuse one already installed, as tests do with an in-memory
+    exporter) and, when an endpoint is configured, a batching OTLP/HTTP exporter."""
+    if not settings.tracing:
+        return None
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        trace.set_tracer_provider(provider)
+    endpoint = settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint:
+        provider.add_span_processor(_otlp(endpoint))
+        log.info("exporting traces over OTLP/HTTP to %s", endpoint)
+    return provider
+
+
+def _otlp(endpoint: str) -> SpanProcessor:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    base = endpoint.rstrip("/")
+    return BatchSpanProcessor(OTLPSpanExporter(endpoint=base if base.endswith("/v1/traces") else f"{base}/v1/traces"))
+
+
+def trace_id(span: trace.Span) -> str:
+    """The W3C trace id, 32 hex digits ("" for a no-op span)."""
+    context = span.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else ""
