@@ -25,11 +25,13 @@ test); it is 1 when a part could not be measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.resources
 import json
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -326,6 +328,54 @@ def run_proxy(requests: int, stream_requests: int) -> ProxyResult:
     return ProxyResult(direct, proxied, cpu_ms, cpu_us, stream_requests, STREAM_CHUNKS)
 
 
+TELEMETRY_OFF = "telemetry: {tracing: false, metrics: false}\n"
+TELEMETRY_ROUNDS = 10
+TARGET_TELEMETRY_RATIO = 1.15
+
+
+def proxied_cpu_ms(client: httpx.Client, url: str, body: bytes, requests: int, pid: int) -> float:
+    cpu_before = cpu_seconds(pid)
+    for _ in range(requests):
+        post_json_timed(client, url, body)
+    return (cpu_seconds(pid) - cpu_before) * 1e3
+
+
+def run_telemetry(requests: int) -> tuple[float, float, float]:
+    """Part d: gateway CPU per proxied request with tracing and metrics off, then on (the
+    defaults: spans made, no exporter; /metrics served). Two gateways in front of one upstream,
+    measured in alternating rounds so drift hits both; the ratio is the median of the rounds'
+    ratios (one noisy round cannot swing it). Returns (off ms, on ms, ratio)."""
+    body = msgspec.json.encode(chat_body(UPSTREAM_MODEL_ID, stream=False))
+    with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp, contextlib.ExitStack() as stack:
+        upstream_port = stack.enter_context(running_upstream(STREAM_CHUNKS, Path(tmp)))
+        gateways = []
+        for name, extra in (("off", TELEMETRY_OFF), ("on", "")):
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            gateways.append(stack.enter_context(running_gateway(upstream_model_yaml(upstream_port) + extra, workdir)))
+        client = stack.enter_context(httpx.Client(timeout=REQUEST_TIMEOUT_S, trust_env=False))
+        urls = [(f"{base}/v1/chat/completions", pid) for base, pid in gateways]
+        for url, pid in urls:
+            check_proxied_reply(post_json_timed(client, url, body)[1], STREAM_CHUNKS)
+            proxied_cpu_ms(client, url, body, PROXY_WARMUP_REQUESTS, pid)
+        rounds: list[tuple[float, float]] = []
+        per_round = max(1, requests // TELEMETRY_ROUNDS)
+        for _ in range(TELEMETRY_ROUNDS):
+            off, on = (proxied_cpu_ms(client, url, body, per_round, pid) for url, pid in urls)
+            rounds.append((off, on))
+    count = per_round * TELEMETRY_ROUNDS
+    ratio = statistics.median(on / off for off, on in rounds)
+    return sum(off for off, _ in rounds) / count, sum(on for _, on in rounds) / count, ratio
+
+
+def print_telemetry(off_ms: float, on_ms: float, ratio: float) -> None:
+    verdict = "PASS" if ratio <= TARGET_TELEMETRY_RATIO else "MISS"
+    print(f"gateway CPU per proxied request, tracing + metrics off (baseline): {off_ms:.3f} ms")
+    print(f"gateway CPU per proxied request, tracing + metrics on:             {on_ms:.3f} ms")
+    target = f"target <= {TARGET_TELEMETRY_RATIO}"
+    print(f"ratio on/off, median of {TELEMETRY_ROUNDS} rounds: {ratio:.3f} ({target}): {verdict}")
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -341,7 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measured generations per path (default 5, 3 with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer runs and requests")
-    parser.add_argument("--only", choices=["direct", "konsilium", "proxy"], default=None)
+    parser.add_argument("--only", choices=["direct", "konsilium", "proxy", "telemetry"], default=None)
     parser.add_argument(
         "--requests",
         type=int,
@@ -387,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     report = Report()
     errors: list[str] = []
-    parts = [args.only] if args.only else ["direct", "konsilium", "proxy"]
+    parts = [args.only] if args.only else ["direct", "konsilium", "proxy", "telemetry"]
+    telemetry: list[float] = []
 
     def do_direct() -> None:
         report.direct = run_direct(model_path(), args.runs)
@@ -398,11 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     def do_proxy() -> None:
         report.proxy = run_proxy(args.requests, max(1, args.requests // STREAM_REQUEST_DIVISOR))
 
-    actions = {"direct": do_direct, "konsilium": do_konsilium, "proxy": do_proxy}
+    def do_telemetry() -> None:
+        telemetry.extend(run_telemetry(args.requests))
+
+    actions = {"direct": do_direct, "konsilium": do_konsilium, "proxy": do_proxy, "telemetry": do_telemetry}
     print_header(args)
     for name in parts:
         run_part(name, actions[name], errors)
     print_report(report)
+    if telemetry:
+        print()
+        print_telemetry(*telemetry)
     for error in errors:
         print(f"ERROR {error}", file=sys.stderr)
     return 1 if errors else 0

@@ -34,7 +34,6 @@ from gateway.routed import (
 from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
 from konsilium.errors import ContextLengthExceededError, ModelNotFoundError
-from konsilium.observability.tracing import tracer
 from model_store.store import Loading, StoreEvent
 from model_store.types import Finish, GenerationRequest
 from routing.policy import RouteDecision
@@ -115,20 +114,19 @@ def route(
     if not explicit and not is_routed_model(router, model):
         raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
     user_text, system_text = texts(generation)
-    with tracer().start_as_current_span("route") as span:
-        role, decision = router.decide(
-            facts(store, generation),
-            model=model,
-            explicit=explicit,
-            user_text=user_text,
-            system_text=system_text,
-            prompt_tokens=estimate_tokens(generation),
-            max_tokens=generation.max_tokens,
-            short_answer=short_answer(generation),
-            **wants(request, services.config.routing.ab_fraction),
-        )
-        if span.is_recording():
-            span.set_attributes(observe.route_attributes(role, decision))
+    started = time.time_ns()
+    role, decision = router.decide(
+        facts(store, generation),
+        model=model,
+        explicit=explicit,
+        user_text=user_text,
+        system_text=system_text,
+        prompt_tokens=estimate_tokens(generation),
+        max_tokens=generation.max_tokens,
+        short_answer=short_answer(generation),
+        **wants(request, services.config.routing.ab_fraction),
+    )
+    observe.route_span(started, role, decision)
     return role, decision
 
 

@@ -35,6 +35,7 @@ from routing.roles import RoleDecision
 access_log = logging.getLogger(ACCESS_LOGGER)
 UNOBSERVED = frozenset({"/metrics", "/health"})
 TRACE_HEADER = b"x-konsilium-trace-id"
+PROPAGATED = frozenset({b"traceparent", b"tracestate", b"baggage"})  # W3C trace context, continued
 
 
 @dataclass
@@ -77,10 +78,13 @@ class ObservedApp:
         method, path = scope["method"], scope["path"]
         record = RequestRecord()
         status = 500
-        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in PROPAGATED}
         attributes = {"http.request.method": method, "url.path": path}
         with tracer().start_as_current_span(
-            f"{method} {path}", context=propagate.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+            f"{method} {path}",
+            context=propagate.extract(carrier) if carrier else None,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
         ) as span:
             record.trace_id = trace_id(span)
 
@@ -127,17 +131,25 @@ def _access_fields(record: RequestRecord, method: str, path: str, status: int, s
     return fields
 
 
+def route_span(started_ns: int, role: RoleDecision, decision: RouteDecision) -> None:
+    """The routing span, made once the decision is known: its attributes go in at creation
+    (one copy, not one locked set per attribute) and it never becomes the current span."""
+    tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
+
+
 def route_attributes(role: RoleDecision, decision: RouteDecision) -> dict[str, str | list[str]]:
-    return {
+    """Lists only when not empty (each attribute costs the SDK a check per element)."""
+    attributes: dict[str, str | list[str]] = {
         "konsilium.role": role.role,
         "konsilium.role.source": role.source,
         "konsilium.language": role.language,
-        "konsilium.matched": list(role.matched),
         "konsilium.target": decision.target or "",
-        "konsilium.fallbacks": list(decision.fallbacks),
-        "konsilium.skipped": [f"{s.target}: {s.why}" for s in decision.skipped],
         "konsilium.route.reason": decision.reason,
     }
+    lists = (("konsilium.matched", list(role.matched)), ("konsilium.fallbacks", list(decision.fallbacks)),
+             ("konsilium.skipped", [f"{s.target}: {s.why}" for s in decision.skipped]))  # fmt: skip
+    attributes.update((name, values) for name, values in lists if values)
+    return attributes
 
 
 async def attempt(
@@ -159,7 +171,7 @@ async def attempt(
             if first_at is None and not isinstance(event, Loading):
                 first_at = time.perf_counter()
                 record.ttft_ms = (first_at - record.started) * 1000
-                span.add_event("first_token", {"konsilium.ttft_ms": round(record.ttft_ms, 1)})
+                span.add_event("first_token")  # its timestamp is the first token's time
                 if metrics is not None:
                     metrics.first_token(target, first_at - record.started)
             if settings.record_content and isinstance(event, TextDelta):

@@ -187,7 +187,10 @@ class ModelStore:
             entry.queued += 1
             waited = self._clock()
             try:
-                with _tracer.start_as_current_span("queue wait", attributes=_queue_attributes(model_id, entry)):
+                if entry.slots.locked():  # a span only for a real wait: spans cost ~15 us each
+                    with _tracer.start_as_current_span("queue wait", attributes=_queue_attributes(model_id, entry)):
+                        await entry.slots.acquire()
+                else:
                     await entry.slots.acquire()
             finally:
                 entry.queued -= 1

@@ -11,6 +11,7 @@ the target is kept: a later failure ends the answer with an error, never with a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -240,7 +241,12 @@ def is_cloud(manifest: Manifest) -> bool:
     """A model outside this machine: an `openai` backend whose URL is not loopback."""
     if manifest.backend_name != "openai" or manifest.url is None:
         return False
-    return not is_loopback(urlsplit(manifest.url).hostname or "")
+    return _outside(manifest.url)
+
+
+@functools.lru_cache(maxsize=1024)
+def _outside(url: str) -> bool:  # asked per target per request: parse each URL once
+    return not is_loopback(urlsplit(url).hostname or "")
 
 
 def _reason(role: RoleDecision) -> str:

@@ -4,6 +4,7 @@ nobody listens on (connection refused: the fallback's reason)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.server
 import json
 import logging
@@ -86,9 +87,7 @@ def test_a_routed_streamed_request_with_a_fallback_and_a_load_is_one_trace(
     assert reply.headers["x-konsilium-fallbacks"] == "dead"
     trace_id = reply.headers["x-konsilium-trace-id"]
     spans = finished_spans(exporter, trace_id)
-    assert set(spans) == {
-        "POST /v1/chat/completions", "route", "queue wait", "model load", "chat dead", "chat smol",
-    }  # fmt: skip
+    assert set(spans) == {"POST /v1/chat/completions", "route", "model load", "chat dead", "chat smol"}
     server = spans["POST /v1/chat/completions"]
     assert server.parent is None
     assert server.attributes is not None
@@ -125,6 +124,29 @@ def test_a_routed_streamed_request_with_a_fallback_and_a_load_is_one_trace(
     assert load is not None
     assert load["gen_ai.request.model"] == "smol"
     assert spans["model load"].start_time < answered.events[0].timestamp  # type: ignore[operator]
+
+
+def test_a_request_that_waits_for_the_model_has_a_queue_wait_span(
+    client: TestClient[Any], exporter: InMemorySpanExporter
+) -> None:
+    """smol serves one request at a time: the second of two concurrent requests queues."""
+    long = {**ASK_QA, "model": "smol", "stream": False, "max_tokens": 48}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(client.post, "/v1/chat/completions", json=long)
+        time.sleep(0.3)  # the first holds the slot, generating
+        second = pool.submit(client.post, "/v1/chat/completions", json={**long, "max_tokens": 2})
+        replies = [first.result(timeout=60), second.result(timeout=60)]
+    assert [r.status_code for r in replies] == [200, 200]
+    waited = finished_spans(exporter, replies[1].headers["x-konsilium-trace-id"])
+    assert set(waited) == {"POST /v1/chat/completions", "route", "queue wait", "chat smol"}
+    queue = waited["queue wait"]
+    assert queue.parent is not None
+    assert queue.parent.span_id == waited["POST /v1/chat/completions"].context.span_id
+    assert queue.attributes is not None
+    assert (queue.attributes["gen_ai.request.model"], queue.attributes["konsilium.queue.ahead"]) == ("smol", 1)
+    assert queue.end_time is not None
+    assert queue.start_time is not None
+    assert queue.end_time <= waited["chat smol"].events[0].timestamp
 
 
 def scrape(client: TestClient[Any]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -229,7 +251,7 @@ def test_spans_are_exported_over_otlp_when_an_endpoint_is_configured(
     finally:
         receiver.shutdown()
         receiver.server_close()
-    assert {"POST /v1/chat/completions", "route", "queue wait", "chat smol"} <= names
+    assert {"POST /v1/chat/completions", "route", "chat smol"} <= names
 
 
 def exported_span_names(trace_id: bytes) -> set[str]:

