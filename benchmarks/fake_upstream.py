@@ -226,6 +226,9 @@ async def _answer(writer: asyncio.StreamWriter, req: _Request, chunks: int) -> N
         return
     if req.path == "/v1/models" and req.method == "GET":
         writer.write(_json_response("200 OK", build_models(), req.keep_alive))
+    elif req.path == "/v1/traces" and req.method == "POST":  # an OTLP/HTTP sink: the empty answer means "all taken"
+        head = _head("200 OK", req.keep_alive, [("content-type", "application/x-protobuf"), ("content-length", "0")])
+        writer.write(head)
     else:
         body = _error_body(f"no route for {req.method} {req.path}")
         writer.write(_json_response("404 Not Found", body, req.keep_alive))

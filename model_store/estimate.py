@@ -1,7 +1,7 @@
 """How much memory a model will take, estimated before it is loaded.
 
-GGUF: the file's own metadata (read with the `gguf` package, no weights are loaded) gives the
-weight bytes and the shape of the KV cache:
+GGUF: the file's own metadata (`gguf_header.py`: the header only, no weights, no vocabulary)
+gives the weight bytes and the shape of the KV cache:
 
     weights  = sum of the tensors' bytes
     kv_cache = layers x context x kv_heads x head_size x 2 (K and V) x 2 bytes (f16 cache)
@@ -13,10 +13,12 @@ worker's RSS, or NVML per process on a GPU) replaces it.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import msgspec
-from gguf import GGUFReader
+
+from model_store.gguf_header import Scalar, read_header
 
 MIB = 1024 * 1024
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default f16 KV cache
@@ -49,19 +51,20 @@ class GGUFShape(msgspec.Struct, frozen=True):
 
 def read_gguf_shape(path: Path) -> GGUFShape:
     try:
-        reader = GGUFReader(path)
-        arch = str(_value(reader, "general.architecture"))
-        layers = _int(reader, f"{arch}.block_count")
-        heads = _int(reader, f"{arch}.attention.head_count")
-        kv_heads = _int(reader, f"{arch}.attention.head_count_kv", default=heads)
+        header = read_header(path)
+        metadata = header.metadata
+        arch = str(_value(metadata, "general.architecture"))
+        layers = _int(metadata, f"{arch}.block_count")
+        heads = _int(metadata, f"{arch}.attention.head_count")
+        kv_heads = _int(metadata, f"{arch}.attention.head_count_kv", default=heads)
         head_size = _int(
-            reader, f"{arch}.attention.key_length", default=_int(reader, f"{arch}.embedding_length") // heads
+            metadata, f"{arch}.attention.key_length", default=_int(metadata, f"{arch}.embedding_length") // heads
         )
-        weights = sum(int(t.n_bytes) for t in reader.tensors)
-        trained = _int(reader, f"{arch}.context_length", default=0) or None
+        weights = header.tensor_bytes
+        trained = _int(metadata, f"{arch}.context_length", default=0) or None
     except GGUFError:
         raise
-    except (ValueError, KeyError, IndexError, OSError) as exc:  # gguf raises these for bad files
+    except (ValueError, KeyError, IndexError, OSError, struct.error) as exc:  # a bad or truncated file
         raise GGUFError(f"{path.name} is not a readable GGUF file: {exc}") from exc
     return GGUFShape(
         architecture=arch,
@@ -79,17 +82,16 @@ def estimate_gguf(shape: GGUFShape, n_ctx: int) -> Estimate:
     return Estimate(weights_bytes=shape.weights_bytes, kv_cache_bytes=kv, overhead_bytes=overhead)
 
 
-def _value(reader: GGUFReader, key: str) -> object:
-    field = reader.get_field(key)
-    if field is None:
+def _value(metadata: dict[str, Scalar], key: str) -> Scalar:
+    if key not in metadata:
         raise GGUFError(f"GGUF metadata has no {key}")
-    return field.contents()
+    return metadata[key]
 
 
-def _int(reader: GGUFReader, key: str, default: int | None = None) -> int:
-    if default is not None and reader.get_field(key) is None:
+def _int(metadata: dict[str, Scalar], key: str, default: int | None = None) -> int:
+    if default is not None and key not in metadata:
         return default
-    value = _value(reader, key)
-    if not isinstance(value, int):
+    value = _value(metadata, key)
+    if not isinstance(value, int) or isinstance(value, bool):
         raise GGUFError(f"GGUF metadata {key} is not an integer")
     return value

@@ -1,11 +1,34 @@
+"""Shared fixtures: one real Konsilium serving SmolLM2 for the SDK tests, and a session-wide
+OpenTelemetry SDK provider that records every span into memory.
+
+The global tracer provider can be set once per process, and an app built without an OTLP
+endpoint would install one that records nothing (no exporter, nothing to read the spans). The
+in-process tests want to read spans, so the recording provider goes in first and every app
+built in this process reuses it."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import openai
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.servers import Server, llama_model, run_server
+
+SPANS = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def recording_tracer_provider() -> Iterator[InMemorySpanExporter]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(SPANS))
+    trace.set_tracer_provider(provider)
+    yield SPANS
+    provider.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,20 @@ def test_unreadable_files_are_a_clear_error(tmp_path: Path, content: bytes) -> N
     path.write_bytes(content)
     with pytest.raises(GGUFError, match=r"bad\.gguf"):
         read_gguf_shape(path)
+
+
+def test_the_lean_header_reader_agrees_with_the_gguf_package() -> None:
+    """`gguf_header` skips arrays instead of building them; every scalar and byte count agrees."""
+    from gguf import GGUFReader, GGUFValueType
+
+    from model_store.gguf_header import read_header
+
+    header = read_header(SMOLLM2)
+    reader = GGUFReader(SMOLLM2)
+    scalars = {
+        name: field.contents()
+        for name, field in reader.fields.items()
+        if field.types and field.types[0] != GGUFValueType.ARRAY and not name.startswith("GGUF.")
+    }
+    assert header.metadata == scalars
+    assert header.tensor_bytes == sum(int(t.n_bytes) for t in reader.tensors)

@@ -8,6 +8,7 @@ import concurrent.futures
 import http.server
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +18,11 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 from litestar.testing import TestClient
-from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +31,7 @@ from gateway.app import create_app
 from konsilium.config import Config, RoleRoute, RoutingConfig, TargetRef, TelemetryConfig
 from konsilium.manifest import Manifest
 from konsilium.observability.logs import JsonFormatter
-from tests.servers import SMOLLM2, free_port, llama_model, run_server
+from tests.servers import ROOT, SMOLLM2, free_port, llama_model, run_server
 
 pytestmark = pytest.mark.e2e
 
@@ -41,15 +40,10 @@ ASK_QA = {"model": "auto", "messages": [{"role": "user", "content": "покро�
 
 
 @pytest.fixture(scope="module")
-def exporter() -> Iterator[InMemorySpanExporter]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    memory = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    yield memory
-    memory.shutdown()
+def exporter(recording_tracer_provider: InMemorySpanExporter) -> InMemorySpanExporter:
+    """The session's in-memory exporter (tests/conftest.py), emptied for this module."""
+    recording_tracer_provider.clear()
+    return recording_tracer_provider
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +271,35 @@ def test_prompts_reach_spans_only_when_asked_for(record_content: bool) -> None:
         assert json.loads(str(attributes["gen_ai.input.messages"])) == [{"role": "user", "content": "секрет"}]
     else:
         assert "gen_ai.input.messages" not in attributes
+
+
+def test_the_grafana_dashboard_reads_only_metrics_we_expose(client: TestClient[Any]) -> None:
+    dashboard = json.loads((ROOT / "grafana" / "konsilium.json").read_text(encoding="utf-8"))
+    queried = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"konsilium_[a-z_]+", target["expr"])
+    }
+    exposed = {family.name for family in text_string_to_metric_families(client.get("/metrics").text)}
+    exposed |= {f"{name}_total" for name in exposed}  # the parser names counters without `_total`
+    assert queried - exposed == set()
+    assert len(dashboard["panels"]) == 15
+
+
+def test_every_answer_carries_a_trace_id_and_a_callers_trace_is_continued(tmp_path: Path) -> None:
+    """The default: no exporter, so spans are not recorded, but trace ids still flow."""
+    caller = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with run_server(tmp_path, [llama_model("smol", n_ctx=512)]) as server:
+        own = httpx.post(f"{server.v1}/chat/completions", json={**ASK_QA, "model": "smol", "stream": False})
+        continued = httpx.post(
+            f"{server.v1}/chat/completions",
+            json={**ASK_QA, "model": "smol", "stream": False},
+            headers={"traceparent": f"00-{caller}-00f067aa0ba902b7-01"},
+        )
+        refused = httpx.post(f"{server.v1}/chat/completions", json={"model": "smol", "messages": []})
+    assert re.fullmatch(r"[0-9a-f]{32}", own.headers["x-konsilium-trace-id"])
+    assert own.headers["x-konsilium-trace-id"] != caller
+    assert continued.headers["x-konsilium-trace-id"] == caller
+    assert refused.status_code == 400
+    assert re.fullmatch(r"[0-9a-f]{32}", refused.headers["x-konsilium-trace-id"]), "errors carry one too"

@@ -1,0 +1,1 @@
+"""Locust load tests (see README "Load tests")."""
