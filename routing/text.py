@@ -46,7 +46,12 @@ _KEY_RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] =
 
 
 def normalize(text: str) -> str:
-    return CODE_BLOCK.sub(" ", text.lower().replace("ё", "е"))
+    return CODE_BLOCK.sub(" ", fold(text))
+
+
+def fold(text: str) -> str:
+    """Lower case, `ё` read as `е`."""
+    return text.lower().replace("ё", "е")
 
 
 def swap_layout(token: str) -> str:

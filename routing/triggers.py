@@ -16,7 +16,7 @@ from functools import lru_cache
 import Stemmer
 
 from routing.rules import AgentRole, RoleTriggers, RoutingRules
-from routing.text import CYRILLIC_TOKEN, normalize, swap_layout, translit_key
+from routing.text import CODE_BLOCK, CYRILLIC_TOKEN, fold, normalize, swap_layout, translit_key
 
 TOKEN = re.compile(r"[a-z0-9\[\];',.`]+|[а-я0-9]+")
 PUNCT = "[];',.`"
@@ -42,7 +42,7 @@ class Trigger:
 @dataclass(frozen=True)
 class Hit:
     trigger: Trigger
-    position: int  # character offset of the first occurrence in the normalized text
+    position: int  # character offset of the first occurrence (in the text without code blocks)
 
 
 class TriggerIndex:
@@ -65,31 +65,42 @@ class TriggerIndex:
         self._translit_lengths = sorted({len(k) for k in self._translit})
         self.readings_of = lru_cache(maxsize=MEMO_SIZE)(self._readings_of)
         self.chunk_readings = lru_cache(maxsize=MEMO_SIZE)(self._chunk_readings)
-        self._chunks: dict[str, tuple[Trigger, ...]] = {}  # chunk -> triggers anchored in it
+        # chunk -> (terms and words in it, phrases anchored in it)
+        self._chunks: dict[str, tuple[tuple[Trigger, ...], tuple[Trigger, ...]]] = {}
         self._known: set[str] = set()  # the chunks above, as a set for C-speed differences
         self._phrase_words = frozenset(r for t in self.triggers if t.kind == "phrase" for r in t.readings)
         self._chunks_by_word: dict[Reading, set[str]] = {}  # a phrase word -> the chunks that carry it
         self._hot: set[str] = set()  # the chunks above that anchor anything
 
     def match(self, text: str) -> list[Hit]:
-        normalized = normalize(text)
+        # Chunks are remembered as written: lower-casing the whole text would cost more than
+        # remembering "Test" and "test" apart (each chunk is folded once, when first seen).
+        normalized = CODE_BLOCK.sub(" ", text) if "```" in text else text
         chunks = normalized.split()
         distinct = set(chunks)
         for chunk in distinct - self._known:  # set arithmetic in C: only new chunks cost Python time
             self._remember(chunk)
-        found: dict[str, Hit] = {}
+        singles: dict[str, tuple[Trigger, list[str]]] = {}  # label -> (trigger, the chunks it is in)
         phrases: dict[str, list[Trigger]] = {}  # anchor chunk -> phrases whose every word occurs
+        present: dict[int, bool] = {}  # id(phrase) -> every word occurs (asked once per phrase)
         for chunk in distinct & self._hot:
-            for trigger in self._chunks[chunk]:
-                if trigger.kind == "phrase":
-                    if self._all_words_present(trigger, distinct):
-                        phrases.setdefault(chunk, []).append(trigger)
-                elif trigger.label not in found:
-                    found[trigger.label] = Hit(trigger, normalized.find(chunk))
+            words, anchored = self._chunks[chunk]
+            for trigger in words:
+                seen = singles.get(trigger.label)
+                if seen is None:
+                    singles[trigger.label] = (trigger, [chunk])
                 else:
-                    position = normalized.find(chunk)
-                    if position < found[trigger.label].position:
-                        found[trigger.label] = Hit(trigger, position)
+                    seen[1].append(chunk)
+            for trigger in anchored:
+                known = present.get(id(trigger))
+                if known is None:
+                    known = present[id(trigger)] = self._all_words_present(trigger, distinct)
+                if known:
+                    phrases.setdefault(chunk, []).append(trigger)
+        found = {  # a position per label, found once the labels are known
+            label: Hit(trigger, min(normalized.find(chunk) for chunk in where))
+            for label, (trigger, where) in singles.items()
+        }
         if phrases:
             self._match_phrases(normalized, chunks, phrases, found)
         return sorted(found.values(), key=lambda h: (h.position, -len(h.trigger.readings)))
@@ -103,18 +114,20 @@ class TriggerIndex:
         self.readings_of.cache_clear()
         self.chunk_readings.cache_clear()
 
-    def _remember(self, chunk: str) -> tuple[Trigger, ...]:
+    def _remember(self, chunk: str) -> None:
         if len(self._chunks) >= MEMO_SIZE:
             self.forget()
         readings = self.chunk_readings(chunk)
         found = tuple(t for reading in readings for t in self._by_anchor.get(reading, ()))
-        self._chunks[chunk] = found
+        self._chunks[chunk] = (
+            tuple(t for t in found if t.kind != "phrase"),
+            tuple(t for t in found if t.kind == "phrase"),
+        )
         self._known.add(chunk)
         for reading in readings & self._phrase_words:
             self._chunks_by_word.setdefault(reading, set()).add(chunk)
         if found:
             self._hot.add(chunk)
-        return found
 
     def _match_phrases(
         self, normalized: str, chunks: list[str], phrases: dict[str, list[Trigger]], found: dict[str, Hit]
@@ -126,7 +139,7 @@ class TriggerIndex:
             for trigger in phrases[chunk]:
                 if trigger.label in found or not present.issuperset(trigger.readings):
                     continue  # cheap test first: every word of the phrase is somewhere near
-                if self._spelled_in(trigger, [t for c in near for t in TOKEN.findall(c)]):
+                if self._spelled_in(trigger, [t for c in near for t in TOKEN.findall(fold(c))]):
                     found[trigger.label] = Hit(trigger, normalized.find(chunk))
 
     def _all_words_present(self, trigger: Trigger, distinct: set[str]) -> bool:
@@ -135,7 +148,7 @@ class TriggerIndex:
         return all(not by_word.get(r, _NONE).isdisjoint(distinct) for r in trigger.readings)
 
     def _chunk_readings(self, chunk: str) -> frozenset[Reading]:
-        return frozenset(r for token in TOKEN.findall(chunk) for r in self.readings_of(token))
+        return frozenset(r for token in TOKEN.findall(fold(chunk)) for r in self.readings_of(token))
 
     def _spelled_in(self, trigger: Trigger, window: Sequence[str]) -> bool:
         wanted = trigger.readings
