@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from typing import Literal, Protocol
 
 import msgspec
 
+from konsilium.manifest import Manifest
 from model_store.types import Event, GenerationRequest
 
 State = Literal["unloaded", "loading", "ready", "unloading", "failed"]
@@ -20,6 +22,13 @@ class ModelInfo(msgspec.Struct, frozen=True):
     created: int
     context_length: int | None
     supports_fim: bool = False
+
+
+def fixed_info(manifest: Manifest, context_length: int | None) -> ModelInfo:
+    """The info of a model whose facts are known from its manifest (created: when first seen)."""
+    return ModelInfo(
+        id=manifest.id, owned_by=manifest.owned_by, created=int(time.time()), context_length=context_length
+    )
 
 
 class Health(msgspec.Struct, frozen=True):

@@ -12,7 +12,6 @@ per proxied request is 1 ms.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import cast, get_args
 
@@ -21,7 +20,7 @@ from yarl import URL
 
 from konsilium.errors import BackendError, BackendUnavailableError, UnsupportedParameterError
 from konsilium.manifest import Manifest
-from model_store.backend import Health, ModelInfo, State
+from model_store.backend import Health, State, fixed_info
 from model_store.openai import wire
 from model_store.openai.errors import translate_status, translate_transport_error
 from model_store.types import (
@@ -47,21 +46,12 @@ class OpenAIBackend:
         self._session: aiohttp.ClientSession | None = None
         self._state: State = "unloaded"
         self._detail = ""
-        self._created = int(time.time())
+        self.info = fixed_info(manifest, manifest.context_length)
         self._upstream = manifest.url.rstrip("/")
         self._urls = {
             "chat": URL(f"{self._upstream}/chat/completions"),
             "completion": URL(f"{self._upstream}/completions"),
         }
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(
-            id=self._config.id,
-            owned_by=self._config.owned_by,
-            created=self._created,
-            context_length=self._config.context_length,
-        )
 
     async def load(self) -> None:
         if self._session is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import msgspec
 
 from konsilium.errors import BackendUnavailableError, GatewayError
 from konsilium.manifest import Manifest
-from model_store.backend import Health, ModelInfo, State
+from model_store.backend import Health, State, fixed_info
 from model_store.openai.backend import OpenAIBackend
 from model_store.types import Event, GenerationRequest
 from model_store.vllm.adapters import AdapterSlots
@@ -49,17 +48,8 @@ class VllmBackend:
         self._state: State = "unloaded"
         self._detail = ""
         self._load_lock = asyncio.Lock()
-        self._created = int(time.time())
+        self.info = fixed_info(manifest, manifest.context_window)
         self.adapters = AdapterSlots(manifest.adapters, manifest.max_loras, local=manifest.path is not None)
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(
-            id=self._config.id,
-            owned_by=self._config.owned_by,
-            created=self._created,
-            context_length=self._config.context_window,
-        )
 
     @property
     def managed(self) -> bool:
