@@ -35,10 +35,10 @@ from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
 from konsilium.errors import ContextLengthExceededError, ModelNotFoundError
 from model_store.store import Loading, StoreEvent
-from model_store.types import Finish, GenerationRequest
+from model_store.types import GenerationRequest
 from routing.policy import RouteDecision
 from routing.roles import RoleDecision
-from routing.router import AllTargetsFailedError, Router
+from routing.router import AllTargetsFailedError
 
 Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
 AnyRequest = Request[Any, Any, Any]
@@ -78,16 +78,13 @@ async def respond(
 
     def open_target(target: str) -> AsyncGenerator[StoreEvent, None]:
         events = store.stream(target, with_defaults(generation, router.target_defaults(role.role, target)))
-        return observe.attempt(target, generation, events, services.metrics, services.config.telemetry)
+        return observe.attempt(target, generation, events, services)
 
-    started = time.monotonic()
     opened = await unless_disconnected(request.receive, router.open_first(decision, open_target, announces))
-    started += sum(a.ms for a in opened.failed) / 1000  # the answering target's own time starts here
-    first_at = None if isinstance(opened.first, Loading) else time.monotonic()
     record.model, record.fallbacks = opened.target, tuple(a.target for a in opened.failed)
     headers = {**route_headers(role, decision, opened.target, opened.failed), "x-request-id": record.request_id}
     responder = make_responder(opened.target)
-    events = observed(router, opened.target, opened.events, started, first_at)
+    events = opened.events
     try:
         if not body.stream:
             rest = await unless_disconnected(request.receive, collect(events))
@@ -110,7 +107,7 @@ def route(
     services: Services, request: AnyRequest, model: str, generation: GenerationRequest
 ) -> tuple[RoleDecision, RouteDecision]:
     store, router = services.store, services.router
-    explicit = model in {name for name, _, _ in store.addressable()}
+    explicit = store.knows(model)
     if not explicit and not is_routed_model(router, model):
         raise ModelNotFoundError(f"The model {model!r} does not exist.", param="model")
     user_text, system_text = texts(generation)
@@ -128,24 +125,6 @@ def route(
     )
     observe.route_span(started, role, decision)
     return role, decision
-
-
-async def observed(
-    router: Router, target: str, events: AsyncGenerator[StoreEvent, None], started: float, first_at: float | None
-) -> AsyncGenerator[StoreEvent, None]:
-    """Relay the events, and teach the router this target's latency from the finished answer."""
-    try:
-        async for event in events:
-            if first_at is None and not isinstance(event, Loading):
-                first_at = time.monotonic()
-            if isinstance(event, Finish) and first_at is not None:
-                now = time.monotonic()
-                router.observe(
-                    target, (first_at - started) * 1000, (now - started) * 1000, event.usage.completion_tokens
-                )
-            yield event
-    finally:
-        await events.aclose()
 
 
 def request_id(request: AnyRequest) -> str:

@@ -22,6 +22,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from gateway.services import Services
 from konsilium.config import TelemetryConfig
 from konsilium.errors import GatewayError
 from konsilium.observability.logs import ACCESS_LOGGER
@@ -153,14 +154,13 @@ def route_attributes(role: RoleDecision, decision: RouteDecision) -> dict[str, s
 
 
 async def attempt(
-    target: str,
-    generation: GenerationRequest,
-    events: AsyncGenerator[StoreEvent, None],
-    metrics: Metrics | None,
-    settings: TelemetryConfig,
+    target: str, generation: GenerationRequest, events: AsyncGenerator[StoreEvent, None], services: Services
 ) -> AsyncGenerator[StoreEvent, None]:
-    """One target's answer, traced as a GenAI client span and measured (first token, tokens)."""
+    """One target's answer, traced as a GenAI client span and measured: first token and tokens
+    for the metrics, and — once it finishes — this target's latency for the router to learn."""
+    metrics, settings = services.metrics, services.config.telemetry
     record = current()
+    opened = time.perf_counter()
     operation = "chat" if generation.kind == "chat" else "text_completion"
     span = tracer().start_span(f"{operation} {target}", kind=SpanKind.CLIENT, attributes=_request_attributes(
         operation, target, generation, settings))  # fmt: skip
@@ -176,13 +176,14 @@ async def attempt(
                     metrics.first_token(target, first_at - record.started)
             if settings.record_content and isinstance(event, TextDelta):
                 text.append(event.text)
-            if isinstance(event, Finish):
+            if isinstance(event, Finish) and first_at is not None:
                 _finished(span, record, target, event, text if settings.record_content else None)
-                if metrics is not None and first_at is not None:
-                    usage = event.usage
-                    metrics.finished(
-                        target, usage.prompt_tokens, usage.completion_tokens, time.perf_counter() - first_at
-                    )
+                now, usage = time.perf_counter(), event.usage
+                services.router.observe(
+                    target, (first_at - opened) * 1000, (now - opened) * 1000, usage.completion_tokens
+                )
+                if metrics is not None:
+                    metrics.finished(target, usage.prompt_tokens, usage.completion_tokens, now - first_at)
             yield event
     except GatewayError as exc:
         record.error = exc.code

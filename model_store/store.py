@@ -131,6 +131,10 @@ class ModelStore:
         base = self._adapter_bases.get(name)
         return (self._entries[base], name) if base is not None else (self.get(name), None)
 
+    def knows(self, name: str) -> bool:
+        """A model id or a LoRA adapter's name."""
+        return name in self._entries or name in self._adapter_bases
+
     def addressable(self) -> list[tuple[str, Entry, str | None]]:
         """Every name a request may use, with its entry and adapter (models first, in config order)."""
         return [(e.id, e, None) for e in self._entries.values()] + [
