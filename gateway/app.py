@@ -56,7 +56,7 @@ def create_app(
         middleware=[DefineMiddleware(ObservedApp, metrics=metrics)],
         state=State({"services": services}),
         on_startup=[store.start],
-        on_shutdown=[store.close, lambda: provider.force_flush() if provider is not None else True],
+        on_shutdown=[store.close, *([] if provider is None else [lambda: provider.force_flush()])],
         request_max_body_size=config.max_body_bytes,
         openapi_config=None,
         logging_config=None,
