@@ -100,5 +100,5 @@ async def admin_route(request: AnyRequest) -> Response[bytes]:
     from gateway.routed import explain
 
     body = await decode(request, p.chat_request_decoder)
-    role, decision = route(services_of(request), request, body.model, convert.chat_request(body))
+    role, decision = await route(services_of(request), request, body.model, convert.chat_request(body))
     return json_response(explain(role, decision, services_of(request).config.addressable()))

@@ -19,7 +19,7 @@ from litestar.response import Stream
 
 from gateway import convert, observe
 from gateway import protocol as p
-from gateway.errors import from_decode_error
+from gateway.errors import from_decode_error, too_deep
 from gateway.framing import ChatResponder, CompletionResponder, Responder
 from gateway.routed import (
     estimate_tokens,
@@ -34,7 +34,7 @@ from gateway.routed import (
 from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
 from konsilium.errors import ContextLengthExceededError, ModelNotFoundError
-from model_store.store import Loading, StoreEvent
+from model_store.store import StoreEvent
 from model_store.types import GenerationRequest
 from routing.policy import RouteDecision
 from routing.roles import RoleDecision
@@ -53,6 +53,8 @@ async def decode(request: AnyRequest, decoder: msgspec.json.Decoder[Body]) -> Bo
         return decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise from_decode_error(exc) from exc
+    except RecursionError as exc:
+        raise too_deep(exc) from None
 
 
 async def respond(
@@ -65,7 +67,7 @@ async def respond(
     store, router = services.store, services.router
     record = observe.current()
     record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
-    role, decision = route(services, request, body.model, generation)
+    role, decision = await route(services, request, body.model, generation)
     record.role = role.role
     if decision.target is None:
         why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
@@ -80,16 +82,15 @@ async def respond(
         events = store.stream(target, with_defaults(generation, router.target_defaults(role.role, target)))
         return observe.attempt(target, generation, events, services)
 
-    opened = await unless_disconnected(request.receive, router.open_first(decision, open_target, announces))
+    opened = await unless_disconnected(request.receive, router.open_first(decision, open_target))
     record.model, record.fallbacks = opened.target, tuple(a.target for a in opened.failed)
     headers = {**route_headers(role, decision, opened.target, opened.failed), "x-request-id": record.request_id}
     responder = make_responder(opened.target)
     events = opened.events
     try:
         if not body.stream:
-            rest = await unless_disconnected(request.receive, collect(events))
-            first = [] if isinstance(opened.first, Loading) else [opened.first]
-            content = p.encoder.encode(responder.assemble([*first, *rest]))
+            answer = await unless_disconnected(request.receive, collect(opened.first, events))
+            content = p.encoder.encode(responder.assemble(answer))
             return Response(content=content, media_type="application/json", headers=headers)
     except BaseException:
         await events.aclose()
@@ -99,11 +100,7 @@ async def respond(
     return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
-def announces(event: StoreEvent) -> bool:
-    return isinstance(event, Loading)
-
-
-def route(
+async def route(
     services: Services, request: AnyRequest, model: str, generation: GenerationRequest
 ) -> tuple[RoleDecision, RouteDecision]:
     store, router = services.store, services.router
@@ -113,7 +110,7 @@ def route(
     user_text, system_text = texts(generation)
     started = time.time_ns()
     role, decision = router.decide(
-        facts(store, generation),
+        await facts(store, generation),
         model=model,
         explicit=explicit,
         user_text=user_text,

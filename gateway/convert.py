@@ -11,6 +11,7 @@ from typing import Any
 from msgspec import UNSET, UnsetType
 
 from gateway import protocol as p
+from gateway.schemas import check_schema
 from konsilium.errors import InvalidRequestError, UnsupportedParameterError
 from model_store.types import GenerationRequest, JsonOutput, Message, Role, ToolCall, ToolSpec
 
@@ -32,7 +33,7 @@ def chat_request(body: p.ChatCompletionRequest) -> GenerationRequest:
         max_tokens=body.max_completion_tokens or body.max_tokens,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         json_output=_json_output(body.response_format),
-        tools=tuple(_tool(t) for t in body.tools or ()),
+        tools=tuple(_tool(t, i) for i, t in enumerate(body.tools or ())),
         tool_choice=_tool_choice(body.tool_choice, bool(body.tools)),
         **_sampling(body),
     )
@@ -108,17 +109,21 @@ def _json_output(response_format: p.ResponseFormat | object) -> JsonOutput | Non
         return JsonOutput()
     if isinstance(response_format, p.JsonSchemaFormat):
         schema = response_format.json_schema.schema
-        return JsonOutput(schema=None if isinstance(schema, UnsetType) else schema)
+        if isinstance(schema, UnsetType):
+            return JsonOutput()
+        check_schema(schema, "response_format.json_schema.schema")
+        return JsonOutput(schema=schema)
     return None
 
 
-def _tool(tool: p.Tool) -> ToolSpec:
+def _tool(tool: p.Tool, index: int) -> ToolSpec:
     if isinstance(tool, p.CustomTool):
         return ToolSpec(name=tool.name, description=tool.description)
     function = tool.function
     parameters: dict[str, object] = (
         {"type": "object", "properties": {}} if isinstance(function.parameters, UnsetType) else function.parameters
     )
+    check_schema(parameters, f"tools[{index}].function.parameters")
     return ToolSpec(name=function.name, description=function.description, parameters=parameters)
 
 

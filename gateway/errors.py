@@ -27,6 +27,7 @@ from konsilium.errors import (
 log = logging.getLogger(__name__)
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 _HTTP: dict[int, type[GatewayError]] = {
     404: NotFoundError,
     405: MethodNotAllowedError,
@@ -35,13 +36,23 @@ _HTTP: dict[int, type[GatewayError]] = {
 
 
 def from_decode_error(exc: msgspec.DecodeError) -> InvalidRequestError:
-    """msgspec says `Expected `int`, got `str` - at `$.max_tokens``; `param` is that path."""
+    """msgspec says `Expected `int`, got `str` - at `$.max_tokens``; `param` is that path. A
+    missing field is named too: `Object missing required field `messages`` is `messages`."""
     message = str(exc)
     match = _PATH.search(message)
-    if match is None:
-        return InvalidRequestError(f"Could not parse the request body: {message}")
-    param = match.group("path") or None
-    return InvalidRequestError(f"Invalid value for '{param}': {message[: match.start()]}", param=param)
+    detail, path = (message[: match.start()], match.group("path")) if match else (message, "")
+    missing = _MISSING.match(detail)
+    if missing is not None:
+        param = f"{path}.{missing.group('field')}" if path else missing.group("field")
+        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
+    if not path:
+        return InvalidRequestError(f"Could not parse the request body: {detail}")
+    return InvalidRequestError(f"Invalid value for '{path}': {detail}", param=path)
+
+
+def too_deep(_: RecursionError) -> InvalidRequestError:
+    """msgspec gives up on very deep nesting with a RecursionError: the client's mistake."""
+    return InvalidRequestError("The request body is nested too deeply to parse.")
 
 
 def to_gateway_error(exc: Exception) -> GatewayError:
@@ -49,6 +60,8 @@ def to_gateway_error(exc: Exception) -> GatewayError:
         return exc
     if isinstance(exc, msgspec.DecodeError):
         return from_decode_error(exc)
+    if isinstance(exc, RecursionError):
+        return too_deep(exc)
     if isinstance(exc, HTTPException):
         error_class = _HTTP.get(exc.status_code, InvalidRequestError if exc.status_code < 500 else InternalError)
         return error_class(str(exc.detail))

@@ -28,7 +28,7 @@ from konsilium.errors import GatewayError
 from konsilium.observability.logs import ACCESS_LOGGER
 from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import trace_id, tracer
-from model_store.store import Loading, StoreEvent
+from model_store.store import Notice, StoreEvent
 from model_store.types import Finish, GenerationRequest, TextDelta
 from routing.policy import RouteDecision
 from routing.roles import RoleDecision
@@ -168,7 +168,7 @@ async def attempt(
     text: list[str] = []
     try:
         async for event in events:
-            if first_at is None and not isinstance(event, Loading):
+            if first_at is None and not isinstance(event, Notice):
                 first_at = time.perf_counter()
                 record.ttft_ms = (first_at - record.started) * 1000
                 span.add_event("first_token")  # its timestamp is the first token's time

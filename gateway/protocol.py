@@ -23,6 +23,7 @@ TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
 StopString = Annotated[str, Meta(max_length=512)]
 StopList = Annotated[list[StopString], Meta(max_length=32)]
 ShortText = Annotated[str, Meta(max_length=256)]
+MAX_MESSAGES = 10_000  # far past any context window; the body's size bounds the rest
 Metadata = Annotated[
     dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]], Meta(max_length=16)
 ]
@@ -157,7 +158,7 @@ class StreamOptions(_Request, kw_only=True):
 
 # ---- requests -----------------------------------------------------------------------------
 class ChatCompletionRequest(_Request, kw_only=True):
-    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=100_000)]
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_MESSAGES)]
     model: ShortText
     frequency_penalty: Penalty | None = None
     logprobs: bool | None = None

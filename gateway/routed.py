@@ -6,6 +6,7 @@ explain body carries the readable form.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,7 @@ from litestar import Request
 
 from konsilium.errors import InvalidRequestError
 from konsilium.manifest import Adapter, Manifest
+from model_store.backend import Backend
 from model_store.store import ModelStore
 from model_store.types import GenerationRequest
 from routing.policy import RouteDecision, TargetState
@@ -34,15 +36,17 @@ def is_routed_model(router: Router, model: str) -> bool:
     return model in ROUTED_MODELS or name in AGENT_ROLES or name in router.rules.aliases
 
 
-def facts(store: ModelStore, generation: GenerationRequest | None = None) -> dict[str, TargetState]:
+async def facts(store: ModelStore, generation: GenerationRequest | None = None) -> dict[str, TargetState]:
     """The store's view of each target (a LoRA adapter shares its base's queue and context);
     with a request, its prompt counted by each target's own tokenizer where the estimate puts it
-    past half that target's context (else not worth it)."""
+    past half that target's context (else not worth it). Counting is CPU work that grows with
+    the prompt, so it runs in a thread: the event loop keeps serving everyone else."""
     estimate = estimate_tokens(generation) if generation is not None else 0
-    out = {}
+    out, near_limit = {}, []
     for name, entry, adapter in store.addressable():
         m, context = entry.manifest, entry.backend.info.context_length
-        near_limit = generation is not None and context is not None and estimate * 2 > context
+        if generation is not None and context is not None and estimate * 2 > context:
+            near_limit.append((name, entry.backend))
         ready = store.state_of(entry) == "ready"
         out[name] = TargetState(
             model=name,
@@ -53,9 +57,15 @@ def facts(store: ModelStore, generation: GenerationRequest | None = None) -> dic
             queue_depth=entry.queued + entry.in_flight,
             busy=entry.in_flight >= m.max_concurrency,
             load_ms=None if entry.load_seconds is None else entry.load_seconds * 1000,
-            prompt_tokens=entry.backend.count_prompt_tokens(generation) if generation and near_limit else None,
         )
+    if generation is not None and near_limit:
+        counts = await asyncio.to_thread(_count, near_limit, generation)
+        out |= {name: msgspec.structs.replace(out[name], prompt_tokens=n) for name, n in counts.items()}
     return out
+
+
+def _count(backends: list[tuple[str, Backend]], generation: GenerationRequest) -> dict[str, int | None]:
+    return {name: backend.count_prompt_tokens(generation) for name, backend in backends}
 
 
 def estimate_tokens(generation: GenerationRequest) -> int:

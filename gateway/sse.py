@@ -18,7 +18,7 @@ from gateway import protocol as p
 from gateway.errors import error_object, to_gateway_error
 from gateway.framing import Responder
 from konsilium.errors import BackendError, ClientDisconnectedError, GatewayError
-from model_store.store import Loading, StoreEvent
+from model_store.store import Loading, Notice, StoreEvent
 from model_store.types import Event, Finish
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def comment(text: str) -> bytes:
 
 
 def _backend_event(event: StoreEvent) -> Event:
-    assert not isinstance(event, Loading), "the store announces a load only before the first event"
+    assert not isinstance(event, Notice), "the store sends notices only before the first event"
     return event
 
 
@@ -76,8 +76,11 @@ async def sse_stream(
     yield DONE
 
 
-async def collect(events: AsyncIterator[StoreEvent]) -> list[Event]:
-    collected = [event async for event in events if not isinstance(event, Loading)]
+async def collect(first: StoreEvent, events: AsyncIterator[StoreEvent]) -> list[Event]:
+    """The whole answer of a non-streaming request, its first event included (which may be the
+    `Finish` itself: a model whose first token is end-of-sequence answers with empty text)."""
+    collected = [] if isinstance(first, Notice) else [first]
+    collected += [event async for event in events if not isinstance(event, Notice)]
     if not collected or not isinstance(collected[-1], Finish):
         raise ended_early()
     return collected

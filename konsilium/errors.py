@@ -17,6 +17,9 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str] = "internal_error"
+    # The target itself is at fault (down, crashed, failing every request): only these count
+    # toward its circuit breaker, so one client's bad request cannot close a model to everyone.
+    target_fault: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -113,6 +116,14 @@ class BackendError(GatewayError):
 
     status = 502
     default_code = "backend_error"
+    target_fault = True
+
+
+class RequestFailedError(BackendError):
+    """The backend failed on this one request and stays healthy (the worker reported the failure
+    and carries on): a 502 for the client, not a strike against the model."""
+
+    target_fault = False
 
 
 class BackendUnavailableError(BackendError):

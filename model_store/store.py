@@ -50,13 +50,25 @@ _tracer = trace.get_tracer("konsilium.model_store")
 RETRY_AFTER_FULL_S = 5
 
 
-class Loading(msgspec.Struct, frozen=True):
-    """Not a backend event: the store tells its caller that a load starts (SSE heartbeat time)."""
+class Notice(msgspec.Struct, frozen=True):
+    """Not a backend event: what the store tells its caller while the request waits."""
 
     model: str
 
 
-StoreEvent = Event | Loading
+class Queued(Notice, frozen=True):
+    """Every slot of the model is taken: the request waits its turn (bounded by `max_queue`)."""
+
+
+class Admitted(Notice, frozen=True):
+    """After `Queued`: the request holds a slot now; the model starts on it from here."""
+
+
+class Loading(Notice, frozen=True):
+    """The model is being loaded for this request (SSE heartbeat time)."""
+
+
+StoreEvent = Event | Notice
 
 
 def build_backend(manifest: Manifest) -> Backend:
@@ -190,8 +202,10 @@ class ModelStore:
         try:
             entry.queued += 1
             waited = self._clock()
+            queued = entry.slots.locked()
             try:
-                if entry.slots.locked():  # a span only for a real wait: spans cost ~15 us each
+                if queued:  # a span only for a real wait: spans cost ~15 us each
+                    yield Queued(model=model_id)
                     with _tracer.start_as_current_span("queue wait", attributes=_queue_attributes(model_id, entry)):
                         await entry.slots.acquire()
                 else:
@@ -201,6 +215,8 @@ class ModelStore:
             self._observer.queue_waited(model_id, self._clock() - waited)
             entry.in_flight += 1
             try:
+                if queued:
+                    yield Admitted(model=model_id)
                 task = await self._start_load(entry)
                 if task is not None:
                     if entry.manifest.path is not None:  # a remote model has nothing to wait for

@@ -61,6 +61,11 @@ class Breaker:
     def success(self) -> None:
         self.consecutive, self.open_until, self.probing = 0, None, False
 
+    def release(self) -> None:
+        """The attempt proved nothing either way (the request was refused, or queued out): the
+        breaker stays as it was, and a probe slot it took is free again."""
+        self.probing = False
+
     def failure(self) -> None:
         self.consecutive += 1
         if self.probing or self.consecutive >= self.failures:

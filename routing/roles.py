@@ -18,6 +18,7 @@ from konsilium.errors import InvalidRequestError
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules
 from routing.triggers import Hit, TriggerIndex
 
+CLIP_CHARS = 8_000
 NOT_LETTERS = bytes(c for c in range(128) if not chr(c).isalpha())
 Source = Literal["header", "alias", "trigger", "system", "default"]
 Language = Literal["ru", "en", "mixed", "none"]
@@ -49,6 +50,7 @@ def explicit_role(rules: RoutingRules, header: str | None, model: str) -> tuple[
 def resolve_role(
     rules: RoutingRules, index: TriggerIndex, *, header: str | None, model: str, user_text: str, system_text: str
 ) -> RoleDecision:
+    user_text, system_text = clip(user_text), clip(system_text)
     language = detect_language(user_text or system_text)
     explicit = explicit_role(rules, header, model)
     if explicit is not None:
@@ -60,6 +62,14 @@ def resolve_role(
             matched = tuple(h.trigger.label for h in hits if h.trigger.role == role)
             return RoleDecision(role=role, source=cast(Source, source), matched=matched, language=language)
     return RoleDecision(role=rules.default_role, source="default", language=language)
+
+
+def clip(text: str) -> str:
+    """Triggers read a long text's head and tail (where a request says what it wants), so a
+    megabyte of pasted logs costs what 16 KB does."""
+    if len(text) <= 2 * CLIP_CHARS:
+        return text
+    return f"{text[:CLIP_CHARS]}\n{text[-CLIP_CHARS:]}"
 
 
 def pick_role(hits: Sequence[Hit], rules: RoutingRules) -> AgentRole:

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -34,6 +33,7 @@ from konsilium.errors import (
 )
 from konsilium.manifest import Manifest
 from konsilium.observability.events import NoObserver, Observer
+from model_store.store import Admitted, Loading, Notice, Queued, StoreEvent
 from routing.health import Breaker, Latency
 from routing.policy import RouteDecision, RouteInput, TargetState, choose_route
 from routing.roles import RoleDecision, resolve_role
@@ -45,7 +45,6 @@ TIER_ORDER = ("primary", "secondary", "lightweight", "micro", "optional_moe")
 # A target that fails for one of these reasons may succeed elsewhere; other client errors may not.
 RETRY_ELSEWHERE = (ContextLengthExceededError, UnsupportedParameterError)
 
-E = TypeVar("E")
 log = logging.getLogger(__name__)
 
 
@@ -60,10 +59,10 @@ class AllTargetsFailedError(BackendUnavailableError):
 
 
 @dataclass
-class Opened(Generic[E]):
+class Opened:
     target: str
-    first: E
-    events: AsyncGenerator[E, None]
+    first: StoreEvent  # a backend event, or the last target's `Loading` notice
+    events: AsyncGenerator[StoreEvent, None]
     failed: list[Attempt]
 
 
@@ -89,6 +88,7 @@ class Router:
         self._observer = observer or NoObserver()
         targets = config.addressable()
         self._local = {name for name, (m, _) in targets.items() if not is_cloud(m)}
+        self._managed = {name for name, (m, _) in targets.items() if m.path is not None}  # processes we run
         self._tiers = [m.id for m in sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))]
         self._adapters_for = {
             role: tuple(name for name, (_, a) in targets.items() if a is not None and role in a.roles)
@@ -173,16 +173,22 @@ class Router:
 
     # ---- the fallback loop -------------------------------------------------------------------
     async def open_first(
-        self,
-        decision: RouteDecision,
-        open_target: Callable[[str], AsyncGenerator[E, None]],
-        announces: Callable[[E], bool] = lambda event: False,
-    ) -> Opened[E]:
-        """`announces(event)`: the event only announces a model load. While another target could
-        still be tried, the loop waits through the load for the real first event — all within
-        `local_timeout_ms` — so a load that fails or takes too long falls back (the load itself
-        goes on in the store). The last target is returned at its announcement: the gateway
-        streams heartbeats while it loads."""
+        self, decision: RouteDecision, open_target: Callable[[str], AsyncGenerator[StoreEvent, None]]
+    ) -> Opened:
+        """Walk the chain until a target gives its first event.
+
+        The first-event timeout (`local_timeout_ms`) measures the target's own work on this
+        request: it starts once the request holds one of the model's slots, so a wait in the
+        model's bounded queue (`Queued` … `Admitted`) never counts — a healthy, busy model is not
+        a failed one. A model load counts while another target could still be tried, so a load
+        that fails or takes too long falls back (the load itself goes on in the store); the last
+        target is returned at its `Loading` notice, and the gateway streams heartbeats meanwhile.
+        (`_timeout_s` says where no timeout applies.)
+
+        Only target faults move a breaker (`GatewayError.target_fault`): a request the target
+        refuses, a full queue, an upstream rate limit or a time-out of a model process we run
+        (alive, so busy with a long prefill — its real faults are crashes and failed loads) leave
+        it as it was."""
         failed: list[Attempt] = []
         errors: list[GatewayError] = []
         local_tries = 0
@@ -199,14 +205,14 @@ class Router:
             events = open_target(target)
             last = not self._any_left(chain[position + 1 :], local_tries)
             try:
-                first = await self._first(events, local, announces if not last else lambda event: False)
+                first = await self._first(events, self._timeout_s(target, last), until_loaded=not last)
             except GatewayError as error:
-                if isinstance(error, InvalidRequestError):
-                    if not isinstance(error, RETRY_ELSEWHERE):
-                        raise
-                    breaker.success()  # the target is healthy; this request was too much for it
-                else:
+                if self._is_fault(target, error):
                     breaker.failure()
+                else:
+                    breaker.release()
+                if isinstance(error, InvalidRequestError) and not isinstance(error, RETRY_ELSEWHERE):
+                    raise  # the request itself is wrong: no other target would take it
                 errors.append(error)
                 failed.append(Attempt(target=target, error=error.code, ms=round((self._clock() - started) * 1000)))
                 log.warning("target %s failed before answering (%s): %s", target, error.code, error.message)
@@ -216,15 +222,33 @@ class Router:
             return Opened(target=target, first=first, events=events, failed=failed)
         raise _all_failed(failed, errors)
 
+    def _is_fault(self, target: str, error: GatewayError) -> bool:
+        return error.target_fault and not (isinstance(error, BackendTimeoutError) and target in self._managed)
+
+    def _timeout_s(self, target: str, last: bool) -> float | None:
+        """No first-event timeout for a cloud target (its client has its own), nor for the last
+        resort when it is a process we run: it is alive (a crash ends the wait with an error) and
+        a long prompt's prefill may simply take longer — there is nothing better to switch to."""
+        if target not in self._local or (last and target in self._managed):
+            return None
+        return self._routing.local_timeout_ms / 1000
+
     def _any_left(self, rest: tuple[str, ...], local_tries: int) -> bool:
         return any(t not in self._local or local_tries < self._routing.max_local_attempts for t in rest)
 
-    async def _first(self, events: AsyncGenerator[E, None], local: bool, announces: Callable[[E], bool]) -> E:
-        timeout = self._routing.local_timeout_ms / 1000 if local else None
+    async def _first(
+        self, events: AsyncGenerator[StoreEvent, None], seconds: float | None, *, until_loaded: bool
+    ) -> StoreEvent:
+        """The first backend event (or, with `until_loaded` off, a `Loading` notice)."""
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds) as deadline:
                 first = await anext(events)
-                while announces(first):
+                while isinstance(first, Notice) and (until_loaded or not isinstance(first, Loading)):
+                    if isinstance(first, Queued):
+                        deadline.reschedule(None)  # waiting for a slot is not the target's time
+                    elif isinstance(first, Admitted) and seconds is not None:
+                        deadline.reschedule(loop.time() + seconds)
                     first = await anext(events)
             return first
         except TimeoutError as exc:

@@ -119,9 +119,10 @@ def test_response_formats() -> None:
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}, "max_tokens"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
         ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-        ({"model": "m", "messages": [{"role": "user"}]}, "messages[0]"),
+        ({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
         ({"model": "m", "messages": []}, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}]}, None),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "m"}, "messages"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["s"] * 33}, "stop"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 21}, "top_logprobs"),
     ],
@@ -135,7 +136,9 @@ def test_validation_errors_name_the_param(body: dict[str, Any], param: str | Non
 
 
 def test_missing_required_field_is_named_in_the_message() -> None:
-    assert "`model`" in decode_error({"messages": [{"role": "user", "content": "x"}]}).message
+    assert decode_error({"messages": [{"role": "user", "content": "x"}]}).message == (
+        "Missing required parameter: 'model'."
+    )
 
 
 def test_n_above_one_is_a_clear_400() -> None:

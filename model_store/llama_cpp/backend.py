@@ -122,7 +122,7 @@ class LlamaCppBackend:
         return estimate_gguf(read_gguf_shape(Path(self._path)), self._config.context_window).total_mb
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
-        return self._counter.count(request) if self._counter is not None else None
+        return self._counter.count(request, limit=self.info.context_length or 0) if self._counter else None
 
     def _worker_argv(self) -> list[str]:
         c = self._config

@@ -18,9 +18,10 @@ from typing import Any
 import llama_cpp
 import numpy
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+from llama_cpp.llama_grammar import LlamaGrammar
 
-from model_store.llama_cpp.ipc import FailureKind
+from model_store.llama_cpp.failure import GenerationFailure
+from model_store.llama_cpp.grammar import json_grammar, tool_call_grammar
 from model_store.llama_cpp.stops import StopMatcher
 from model_store.types import (
     Event,
@@ -30,7 +31,6 @@ from model_store.types import (
     TextDelta,
     TokenLogprob,
     ToolCallDelta,
-    ToolSpec,
     Usage,
     message_dict,
     tool_dict,
@@ -39,15 +39,6 @@ from model_store.types import (
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
 DEFAULT_TEMPERATURE = 0.8  # llama.cpp's defaults, used when the client leaves them out
 DEFAULT_TOP_P = 0.95
-
-
-class GenerationFailure(Exception):
-    """A request the worker refuses; `kind` maps to the gateway's error tree in the parent."""
-
-    def __init__(self, kind: FailureKind, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -188,7 +179,7 @@ class Generator:
     def _completion_tokens(self, prompt: str, suffix: str | None) -> list[int]:
         encode = self._llm.tokenize
         if suffix is None:
-            return list(encode(prompt.encode("utf-8"), add_bos=True, special=False))
+            return list(encode(prompt.encode("utf-8"), add_bos=True, special=False)) or self._document_start()
         if self.fim_ids is None:
             raise GenerationFailure("unsupported", "this model has no fill-in-the-middle tokens", "suffix")
         pre, suf, mid = self.fim_ids
@@ -199,6 +190,14 @@ class Generator:
             *encode(suffix.encode("utf-8"), add_bos=False, special=False),
             mid,
         ]
+
+    def _document_start(self) -> list[int]:
+        """An empty prompt (OpenAI: the model writes "as if from the beginning of a new
+        document") starts from the beginning-of-sequence token, else the document separator."""
+        start = next((t for t in (self._llm.token_bos(), self._llm.token_eos()) if t >= 0), None)
+        if start is None:
+            raise GenerationFailure("invalid", "the prompt is empty and this model has no start token", "prompt")
+        return [start]
 
 
 def _tool_mode(request: GenerationRequest) -> ToolMode | None:
@@ -216,33 +215,14 @@ def _tool_mode(request: GenerationRequest) -> ToolMode | None:
 
 
 def _grammar(request: GenerationRequest, tool: ToolMode | None) -> LlamaGrammar | None:
-    if tool is not None:
-        tools = {t.name: t for t in request.tools}
-        if tool.name is not None:
-            spec = tools[tool.name]
-            return _json_grammar(spec.parameters) if spec.parameters is not None else None
-        return _json_grammar({"oneOf": [_call_schema(t) for t in request.tools]})
-    if request.json_output is not None:
-        return _json_grammar(request.json_output.schema)
-    return None
-
-
-def _json_grammar(schema: dict[str, object] | None) -> LlamaGrammar:
-    if schema is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except Exception as exc:  # llama.cpp raises bare exceptions for schemas it cannot compile
-        raise GenerationFailure("invalid", f"unsupported JSON schema: {exc}", "response_format") from exc
-
-
-def _call_schema(tool: ToolSpec) -> dict[str, object]:
-    arguments = tool.parameters if tool.parameters is not None else {"type": "string"}
-    return {
-        "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": arguments},
-        "required": ["name", "arguments"],
-    }
+    if tool is None:
+        json_output = request.json_output
+        return json_grammar(json_output.schema, "response_format.json_schema.schema") if json_output else None
+    if tool.name is None:
+        return tool_call_grammar(request.tools)
+    index = next(i for i, t in enumerate(request.tools) if t.name == tool.name)
+    parameters = request.tools[index].parameters
+    return json_grammar(parameters, f"tools[{index}].function.parameters") if parameters is not None else None
 
 
 def _finish_tool_call(tool: ToolMode, text: str) -> Iterator[Event]:

@@ -22,6 +22,7 @@ from konsilium.errors import (
     ContextLengthExceededError,
     GatewayError,
     InvalidRequestError,
+    RequestFailedError,
     UnsupportedParameterError,
 )
 from model_store.llama_cpp import ipc
@@ -35,7 +36,7 @@ _FAILURES: dict[str, type[GatewayError]] = {
     "context_length": ContextLengthExceededError,
     "unsupported": UnsupportedParameterError,
     "invalid": InvalidRequestError,
-    "internal": BackendError,
+    "internal": RequestFailedError,  # the worker reported it and carries on: not a crash
 }
 
 

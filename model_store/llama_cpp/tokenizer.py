@@ -8,6 +8,7 @@ worker will make. Routing asks only when the estimate says the context could be 
 from __future__ import annotations
 
 import logging
+import threading
 
 from model_store.types import GenerationRequest
 
@@ -16,21 +17,35 @@ log = logging.getLogger(__name__)
 
 class PromptCounter:
     def __init__(self, path: str) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import Llama, llama_vocab_get_text
 
         from model_store.llama_cpp.generation import Generator
 
-        self._generator = Generator(Llama(model_path=path, vocab_only=True, n_ctx=16, verbose=False), logits_all=False)
+        llm = Llama(model_path=path, vocab_only=True, n_ctx=16, verbose=False)
+        self._generator = Generator(llm, logits_all=False)
+        # A text of n bytes is at least n / longest tokens. A token's stored text (byte-level
+        # BPE's "Ġ", SentencePiece's "▁", "<0x0A>") is never shorter than the bytes it stands for.
+        vocab = llm._model.vocab
+        self._longest = max((len(llama_vocab_get_text(vocab, t)) for t in range(llm.n_vocab())), default=1) or 1
+        self._lock = threading.Lock()  # one vocabulary, counted from several threads
 
-    def count(self, request: GenerationRequest) -> int | None:
+    def count(self, request: GenerationRequest, limit: int) -> int | None:
         """The prompt's length in tokens; None when this model cannot render it (no chat
-        template, no fill-in-the-middle tokens: the worker refuses it with the reason)."""
-        from model_store.llama_cpp.generation import GenerationFailure
+        template, no fill-in-the-middle tokens: the worker refuses it with the reason). A prompt
+        that is surely longer than `limit` gets its lower bound instead, without tokenizing (a
+        megabyte of messages would take seconds): every message is at least one token of its
+        template, and no token is longer than the vocabulary's longest."""
+        from model_store.llama_cpp.failure import GenerationFailure
 
-        try:
-            return len(self._generator.prompt_tokens(request))
-        except GenerationFailure:
-            return None
+        texts = [request.prompt, request.suffix or "", *(m.content for m in request.messages)]
+        floor = max(len(request.messages), sum(len(t.encode("utf-8")) for t in texts) // self._longest)
+        if floor > limit:
+            return floor
+        with self._lock:
+            try:
+                return len(self._generator.prompt_tokens(request))
+            except GenerationFailure:
+                return None
 
 
 def open_counter(path: str) -> PromptCounter | None:

@@ -80,7 +80,8 @@ class Inbox:
 def serve(args: argparse.Namespace) -> int:
     from llama_cpp import Llama
 
-    from model_store.llama_cpp.generation import GenerationFailure, Generator
+    from model_store.llama_cpp.failure import GenerationFailure
+    from model_store.llama_cpp.generation import Generator
 
     channel = Channel()
     llm = Llama(
