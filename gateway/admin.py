@@ -15,8 +15,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 
 from gateway.models import json_response, model_status, services_of
+from gateway.peer import ip_of
 from gateway.services import Services
-from konsilium.config import is_loopback
 from konsilium.errors import PermissionDeniedError
 from model_store.store import Entry
 
@@ -24,11 +24,16 @@ AnyRequest = Request[Any, Any, Any]
 
 
 def loopback_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """A Litestar guard: refuse admin calls from other hosts when `admin_loopback_only` is on."""
+    """A Litestar guard: refuse admin calls from other hosts when `admin_loopback_only` is on.
+
+    The client is `scope["client"]` as `gateway/peer.py` resolved it: the socket's peer (uvicorn
+    rewrites nothing), or the client a trusted proxy forwarded for. Only an IP literal can be
+    loopback, never a name such as `localhost` a forwarding header might carry."""
     if not connection.app.state.services.config.admin_loopback_only:
         return
-    host = connection.client.host if connection.client else ""
-    if not is_loopback(host):
+    client = connection.scope.get("client")
+    address = ip_of(client[0]) if client else None
+    if address is None or not address.is_loopback:
         raise PermissionDeniedError("the admin API answers loopback clients only (admin_loopback_only: true)")
 
 

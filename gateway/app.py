@@ -14,6 +14,7 @@ from gateway import metrics as gateway_metrics
 from gateway.errors import render
 from gateway.metrics import StateCollector
 from gateway.observe import ObservedApp
+from gateway.peer import ForwardedClientMiddleware
 from gateway.services import Services
 from konsilium.config import Config
 from konsilium.observability.metrics import Metrics
@@ -53,7 +54,10 @@ def create_app(
             admin.admin_route,
         ],
         exception_handlers={Exception: render},
-        middleware=[DefineMiddleware(ObservedApp, metrics=metrics)],
+        middleware=[
+            DefineMiddleware(ForwardedClientMiddleware, trusted_proxies=config.trusted_proxies),
+            DefineMiddleware(ObservedApp, metrics=metrics),
+        ],
         state=State({"services": services}),
         on_startup=[store.start],
         on_shutdown=[store.close, *([] if provider is None else [lambda: provider.force_flush()])],

@@ -67,12 +67,15 @@ def serve(config: Config) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http_server import HeadLimits, bounded_protocol
     from konsilium.observability.logs import configure_logging
 
     configure_logging(config.log_level, config.telemetry.log_format)
+    # proxy_headers off: uvicorn must not rewrite the client from X-Forwarded-For on the word of
+    # FORWARDED_ALLOW_IPS; gateway/peer.py does it, for `trusted_proxies` only
     uvicorn.run(
         create_app(config), host=config.host, port=config.port, log_level=config.log_level, access_log=False,
-        log_config=None,
+        log_config=None, http=bounded_protocol(HeadLimits.of(config)), proxy_headers=False,
     )  # fmt: skip
 
 

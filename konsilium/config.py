@@ -98,6 +98,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8400
     allow_external_api: bool = False
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 8 * 1024 * 1024
+    # the request head, bounded while it is parsed (gateway/http_server.py): the request target
+    # (httptools cannot parse one over 64 KiB at all), the header fields together, their number
+    max_url_bytes: Annotated[int, msgspec.Meta(ge=256, le=32 * 1024)] = 8 * 1024
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 32 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=16, le=10_000)] = 100
+    # proxies (IPs or CIDR networks) whose X-Forwarded-For is believed (gateway/peer.py); none:
+    # the client is the socket's peer, whatever a request's headers claim
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     models_dir: str | None = None
     models: list[Manifest] = msgspec.field(default_factory=_default_models)
@@ -108,6 +116,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+
+    def __post_init__(self) -> None:
+        for i, proxy in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies[{i}]: {proxy!r} is not an IP address or a CIDR network") from None
 
     def addressable(self) -> dict[str, tuple[Manifest, Adapter | None]]:
         """Every name a request may give as `model`: each model, and each LoRA adapter on its base."""

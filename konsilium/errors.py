@@ -98,6 +98,16 @@ class RequestTooLargeError(InvalidRequestError):
     default_code = "request_too_large"
 
 
+class UriTooLongError(InvalidRequestError):
+    status = 414
+    default_code = "uri_too_long"
+
+
+class HeadersTooLargeError(InvalidRequestError):
+    status = 431
+    default_code = "request_header_fields_too_large"
+
+
 class ClientDisconnectedError(InvalidRequestError):
     """The client left before its answer was ready; nobody reads the rendered body (nginx's 499)."""
 

@@ -70,7 +70,9 @@ def test_1_a_deep_schema_the_parser_accepts_is_refused_by_its_bounds(server: Ser
     for _ in range(200):
         schema = {"type": "array", "items": schema}
     fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
-    error = error_of(post(server, "/chat/completions", {"model": MODEL_ID, "messages": HI, "response_format": fmt}), 400)
+    error = error_of(
+        post(server, "/chat/completions", {"model": MODEL_ID, "messages": HI, "response_format": fmt}), 400
+    )
     assert (error["param"], error["message"]) == (
         "response_format.json_schema.schema",
         "Invalid JSON schema: it is nested deeper than 64 levels",

@@ -72,7 +72,11 @@ def test_a_bad_response_format_schema_names_response_format() -> None:
         {"$defs": {"id": {"type": "integer"}}, "type": "object", "properties": {"id": {"$ref": "#/$defs/id"}}},
         {"definitions": {"a~b/c": {"type": "string"}}, "$ref": "#/definitions/a~0b~1c"},
         {"type": "array", "items": [{"type": "string"}, {"type": "integer"}]},  # draft-07 tuples (zod writes these)
-        {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "array", "prefixItems": [{"type": "string"}]},
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "array",
+            "prefixItems": [{"type": "string"}],
+        },
         nested(MAX_DEPTH - 2),
     ],
 )
