@@ -4,7 +4,7 @@ One run measures three things against baselines taken in the same run (DESIGN.md
 ratios against a baseline measured in the same run, never absolute numbers in tests):
 
 * ``direct``    llama-cpp-python in-process on SmolLM2-135M: time to first token and tokens/s.
-* ``konsilium`` the same GGUF, same threads, streamed through ``konsilium.cli serve``: the
+* ``konsilium`` the same GGUF, same threads, streamed through ``entrypoints.cli serve``: the
   tokens/s ratio (target >= 0.95) and the added time to first token (target <= 10 ms).
 * ``proxy``     the gateway's own cost through its ``openai`` backend in front of the fake
   upstream (``benchmarks.fake_upstream``): added latency per request (target <= 1 ms median),

@@ -103,11 +103,11 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log:
 def require_konsilium() -> None:
     """Fail with a clear message when the gateway package is not there yet."""
     try:
-        found = importlib.util.find_spec("konsilium.cli") is not None
+        found = importlib.util.find_spec("entrypoints.cli") is not None
     except ModuleNotFoundError:
         found = False
     if not found:
-        raise BenchmarkError("package konsilium (konsilium.cli) is not importable")
+        raise BenchmarkError("package konsilium (entrypoints.cli) is not importable")
 
 
 def gateway_config(port: int, model_yaml: str) -> str:
@@ -117,7 +117,7 @@ def gateway_config(port: int, model_yaml: str) -> str:
 
 @contextlib.contextmanager
 def running_gateway(model_yaml: str, workdir: Path) -> Iterator[tuple[str, int]]:
-    """Start ``konsilium.cli serve`` and wait for ``/ready``; yields (base URL, pid)."""
+    """Start ``entrypoints.cli serve`` and wait for ``/ready``; yields (base URL, pid)."""
     require_konsilium()
     port = free_port()
     config = workdir / "konsilium.yaml"
@@ -126,7 +126,7 @@ def running_gateway(model_yaml: str, workdir: Path) -> Iterator[tuple[str, int]]
     cmd = [
         sys.executable,
         "-m",
-        "konsilium.cli",
+        "entrypoints.cli",
         "serve",
         "--config",
         str(config),

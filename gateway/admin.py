@@ -14,11 +14,16 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 
+from gateway import convert
+from gateway import protocol as p
+from gateway.completions import decode
 from gateway.models import json_response, model_status, services_of
 from gateway.peer import ip_of
+from gateway.routed import explain, route_request
 from gateway.services import Services
 from konsilium.errors import PermissionDeniedError
-from model_store.store import Entry
+from model_store.views import ModelView
+from routing.router import TargetHealth
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -37,23 +42,21 @@ def loopback_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
         raise PermissionDeniedError("the admin API answers loopback clients only (admin_loopback_only: true)")
 
 
-def admin_view(services: Services, entry: Entry) -> dict[str, object]:
-    m, store, router = entry.manifest, services.store, services.router
-    latency = router.latency.get(entry.id)
+def admin_view(view: ModelView, learned: TargetHealth | None) -> dict[str, object]:
     return {
-        **model_status(store, entry),
-        "backend": m.backend_name,
-        "role": m.role,
-        "load": m.load,
-        "estimated_mb": entry.need_mb,
-        "measured_mb": entry.measured_mb,
-        "reserved_mb": entry.reserved_mb,
-        "last_used": _iso(entry.last_used_wall),
-        "load_seconds": None if entry.load_seconds is None else round(entry.load_seconds, 3),
-        "loads": entry.loads,
-        "ttft_ms": None if latency is None or latency.ttft_ms is None else round(latency.ttft_ms, 1),
-        "breaker": router.breakers[entry.id].state(),
-        "adapters": list(entry.backend.health().adapters),  # LoRA adapters resident now (vllm)
+        **model_status(view),
+        "backend": view.backend,
+        "role": view.tier,
+        "load": view.load,
+        "estimated_mb": view.estimated_mb,
+        "measured_mb": view.measured_mb,
+        "reserved_mb": view.reserved_mb,
+        "last_used": _iso(view.last_used),
+        "load_seconds": None if view.load_seconds is None else round(view.load_seconds, 3),
+        "loads": view.loads,
+        "ttft_ms": None if learned is None or learned.ttft_ms is None else round(learned.ttft_ms, 1),
+        "breaker": learned.breaker if learned else "closed",
+        "adapters": [a.name for a in view.adapters if a.resident],  # LoRA adapters resident now (vllm)
     }
 
 
@@ -61,49 +64,40 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
+def _one(services: Services, view: ModelView) -> Response[bytes]:
+    return json_response(admin_view(view, services.router.view().get(view.id)))
+
+
 @get("/admin/models", guards=[loopback_only])
 async def admin_models(request: AnyRequest) -> Response[bytes]:
     services = services_of(request)
-    return json_response({"models": [admin_view(services, e) for e in services.store.entries()]})
+    learned = services.router.view()
+    return json_response({"models": [admin_view(v, learned.get(v.id)) for v in services.store.view()]})
 
 
 @post("/admin/models/{model_id:str}/load", guards=[loopback_only], status_code=200)
 async def admin_load(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     services = services_of(request)
-    return json_response(admin_view(services, await services.store.load(model_id)))
+    return _one(services, await services.store.load(model_id))
 
 
 @post("/admin/models/{model_id:str}/unload", guards=[loopback_only], status_code=200)
 async def admin_unload(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     services = services_of(request)
-    return json_response(admin_view(services, await services.store.unload(model_id)))
+    return _one(services, await services.store.unload(model_id))
 
 
 @get("/admin/budget", guards=[loopback_only])
 async def admin_budget(request: AnyRequest) -> Response[bytes]:
-    store = services_of(request).store
-    used, foreign = store.used_mb(), store.foreign_mb()
-    return json_response(
-        {
-            "total_mb": store.budget.total_mb,
-            "source": store.budget.source,
-            "device": store.budget.device,
-            "used_mb": used,
-            "foreign_mb": foreign,
-            "free_mb": store.budget.total_mb - used - foreign,
-            "models": {e.id: e.reserved_mb for e in store.entries() if e.reserved_mb},
-        }
-    )
+    return json_response(services_of(request).store.budget_view())
 
 
 @post("/admin/route", guards=[loopback_only], status_code=200)
 async def admin_route(request: AnyRequest) -> Response[bytes]:
-    """The routing decision for a chat-completion body, without generating anything."""
-    from gateway import convert
-    from gateway import protocol as p
-    from gateway.completions import decode, route
-    from gateway.routed import explain
-
+    """The routing decision for a chat-completion body, without generating anything: the
+    dispatcher's own `explain`, so it cannot disagree with what a request would do."""
+    services = services_of(request)
     body = await decode(request, p.chat_request_decoder)
-    role, decision = await route(services_of(request), request, body.model, convert.chat_request(body))
-    return json_response(explain(role, decision, services_of(request).config.addressable()))
+    route = route_request(request.headers, body.model, ab_fraction=0.0)
+    role, decision = await services.dispatcher.explain(convert.chat_request(body), route)
+    return json_response(explain(role, decision, services.config.addressable()))

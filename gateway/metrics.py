@@ -1,5 +1,5 @@
 """`GET /metrics`: the registry's counters and histograms, plus gauges read at scrape time from
-the store and the router (queue depth, model state, memory, breakers, resident adapters)."""
+the store's and the router's views (queue depth, model state, memory, breakers, resident adapters)."""
 
 from __future__ import annotations
 
@@ -38,23 +38,25 @@ class StateCollector(Collector):
         adapters = GaugeMetricFamily(
             "konsilium_adapter_resident", "1 for each LoRA adapter resident on its base", labels=["model", "adapter"]
         )
-        for entry in store.entries():
-            current = store.state_of(entry)
+        views = store.view()
+        for view in views:
             for name in STATES:
-                state.add_metric([entry.id, name], float(current == name))
-            queued.add_metric([entry.id], entry.queued)
-            running.add_metric([entry.id], entry.in_flight)
-            memory.add_metric([entry.id], entry.reserved_mb * MIB)
-            for adapter in entry.backend.health().adapters:
-                adapters.add_metric([entry.id, adapter], 1)
+                state.add_metric([view.id, name], float(view.state == name))
+            queued.add_metric([view.id], view.queued)
+            running.add_metric([view.id], view.in_flight)
+            memory.add_metric([view.id], view.reserved_mb * MIB)
+            for adapter in view.adapters:
+                if adapter.resident:
+                    adapters.add_metric([view.id, adapter.name], 1)
         yield from (state, queued, running, memory, adapters)
-        yield GaugeMetricFamily("konsilium_memory_budget_bytes", "The memory budget", value=store.budget.total_mb * MIB)
-        yield GaugeMetricFamily("konsilium_memory_used_bytes", "Memory booked by models", value=store.used_mb() * MIB)
+        budget = store.budget_view()
+        yield GaugeMetricFamily("konsilium_memory_budget_bytes", "The memory budget", value=budget.total_mb * MIB)
+        yield GaugeMetricFamily("konsilium_memory_used_bytes", "Memory booked by models", value=budget.used_mb * MIB)
         breakers = GaugeMetricFamily(
             "konsilium_breaker_state", "Circuit breaker per target: 0 closed, 1 half open, 2 open", labels=["target"]
         )
-        for target, breaker in self._router.breakers.items():
-            breakers.add_metric([target], BREAKER_STATES[breaker.state()])
+        for target, learned in self._router.view().items():
+            breakers.add_metric([target], BREAKER_STATES[learned.breaker])
         yield breakers
 
 

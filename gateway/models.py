@@ -6,11 +6,11 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.params import FromPath
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
 from gateway import protocol as p
 from gateway.services import Services
-from model_store.store import Entry, ModelStore
+from model_store.views import ModelView
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -24,35 +24,37 @@ def json_response(obj: object, status_code: int = 200) -> Response[bytes]:
     return Response(content=p.encoder.encode(obj), media_type="application/json", status_code=status_code)
 
 
-def _model(store: ModelStore, name: str, entry: Entry, adapter: str | None) -> p.Model:
-    info = entry.backend.info
-    parent: str | UnsetType = UNSET
-    if adapter is None:
-        state = store.state_of(entry)
-    else:  # an adapter: "ready" while resident on its base's server
-        state, parent = ("ready" if store.adapter_resident(entry, adapter) else "unloaded"), entry.id
-    return p.Model(
-        id=name,
-        created=info.created,
-        owned_by=info.owned_by,
-        context_length=info.context_length,
-        state=state,
-        parent=parent,
+def _models(view: ModelView) -> list[p.Model]:
+    """A model, then its LoRA adapters (each "ready" while resident on its base's server)."""
+    model = p.Model(
+        id=view.id, created=view.created, owned_by=view.owned_by, context_length=view.context_length, state=view.state
     )
+    return [model] + [
+        p.Model(
+            id=a.name,
+            created=view.created,
+            owned_by=view.owned_by,
+            context_length=view.context_length,
+            state="ready" if a.resident else "unloaded",
+            parent=view.id,
+        )
+        for a in view.adapters
+    ]
 
 
 @get("/v1/models")
 async def list_models(request: AnyRequest) -> Response[bytes]:
-    store = services_of(request).store
-    return json_response(p.ModelList(data=[_model(store, *target) for target in store.addressable()]))
+    models = [m for v in services_of(request).store.view() for m in _models(v)]
+    bases = [m for m in models if m.parent is UNSET]  # models first, then adapters (config order)
+    return json_response(p.ModelList(data=bases + [m for m in models if m.parent is not UNSET]))
 
 
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     store = services_of(request).store
     name = model_id.lstrip("/")
-    entry, adapter = store.resolve(name)
-    return json_response(_model(store, name, entry, adapter))
+    found = next(m for m in _models(store.view_of(store.base_of(name))) if m.id == name)
+    return json_response(found)
 
 
 @get("/health")
@@ -64,22 +66,20 @@ async def health() -> Response[bytes]:
 async def ready(request: AnyRequest) -> Response[bytes]:
     """503 while an eager model is loading or failed to load; a model whose worker exited is
     restarted by the next request, so it does not take the gateway out of rotation."""
-    store = services_of(request).store
-    models = [model_status(store, e) for e in store.entries()]
-    eager = {e.id for e in store.entries() if e.manifest.load == "eager"}
-    is_ready = all(m["state"] not in ("loading", "failed") for m in models if m["id"] in eager)
+    views = services_of(request).store.view()
+    is_ready = all(v.state not in ("loading", "failed") for v in views if v.load == "eager")
+    models = [model_status(v) for v in views]
     return json_response({"ready": is_ready, "models": models}, status_code=200 if is_ready else 503)
 
 
-def model_status(store: ModelStore, entry: Entry) -> dict[str, object]:
-    health = entry.backend.health()
+def model_status(view: ModelView) -> dict[str, object]:
     return {
-        "id": entry.id,
-        "state": store.state_of(entry),
-        "ready": health.ready,
-        "detail": entry.last_error if entry.state == "failed" else health.detail,
-        "pid": health.pid,
-        "in_flight": entry.in_flight,
-        "queued": entry.queued,
-        "generating": health.in_flight > 0,  # the worker itself is busy (a cancel lands within a token)
+        "id": view.id,
+        "state": view.state,
+        "ready": view.ready,
+        "detail": view.detail,
+        "pid": view.pid,
+        "in_flight": view.in_flight,
+        "queued": view.queued,
+        "generating": view.generating,
     }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -22,14 +21,12 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from gateway.services import Services
 from konsilium.config import TelemetryConfig
 from konsilium.errors import GatewayError
 from konsilium.observability.logs import ACCESS_LOGGER
 from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import trace_id, tracer
-from model_store.store import Notice, StoreEvent
-from model_store.types import Finish, GenerationRequest, TextDelta
+from model_store.types import Finish, GenerationRequest
 from routing.policy import RouteDecision
 from routing.roles import RoleDecision
 
@@ -132,10 +129,61 @@ def _access_fields(record: RequestRecord, method: str, path: str, status: int, s
     return fields
 
 
-def route_span(started_ns: int, role: RoleDecision, decision: RouteDecision) -> None:
-    """The routing span, made once the decision is known: its attributes go in at creation
-    (one copy, not one locked set per attribute) and it never becomes the current span."""
-    tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
+class Telemetry:
+    """The dispatcher's observer: the routing span, and per attempt a GenAI client span
+    (`chat {model}`, first token as an event) plus the token metrics and the request record."""
+
+    def __init__(self, metrics: Metrics | None, settings: TelemetryConfig) -> None:
+        self._metrics = metrics
+        self._settings = settings
+
+    def routed(self, started_ns: int, role: RoleDecision, decision: RouteDecision) -> None:
+        """Made once the decision is known: its attributes go in at creation (one copy, not one
+        locked set per attribute) and it never becomes the current span."""
+        tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
+
+    def attempt(self, target: str, generation: GenerationRequest) -> AttemptSpan:
+        return AttemptSpan(target, generation, self._metrics, self._settings)
+
+
+class AttemptSpan:
+    def __init__(
+        self, target: str, generation: GenerationRequest, metrics: Metrics | None, settings: TelemetryConfig
+    ) -> None:
+        operation = "chat" if generation.kind == "chat" else "text_completion"
+        attributes = _request_attributes(operation, target, generation, settings)
+        self._span = tracer().start_span(f"{operation} {target}", kind=SpanKind.CLIENT, attributes=attributes)
+        self._target, self._metrics, self._record = target, metrics, current()
+        self.records_text = settings.record_content
+        self._text: list[str] = []
+        self._first_at = 0.0
+
+    def first(self) -> None:
+        self._first_at = time.perf_counter()
+        record = self._record
+        record.ttft_ms = (self._first_at - record.started) * 1000
+        self._span.add_event("first_token")  # its timestamp is the first token's time
+        if self._metrics is not None:
+            self._metrics.first_token(self._target, self._first_at - record.started)
+
+    def text(self, text: str) -> None:
+        self._text.append(text)
+
+    def finished(self, finish: Finish) -> None:
+        _finished(self._span, self._record, self._target, finish, self._text if self.records_text else None)
+        if self._metrics is not None:
+            usage = finish.usage
+            self._metrics.finished(
+                self._target, usage.prompt_tokens, usage.completion_tokens, time.perf_counter() - self._first_at
+            )
+
+    def failed(self, error: GatewayError) -> None:
+        self._record.error = error.code
+        self._span.set_attribute("error.type", error.code)
+        self._span.set_status(Status(StatusCode.ERROR, error.message[:200]))
+
+    def end(self) -> None:
+        self._span.end()
 
 
 def route_attributes(role: RoleDecision, decision: RouteDecision) -> dict[str, str | list[str]]:
@@ -151,48 +199,6 @@ def route_attributes(role: RoleDecision, decision: RouteDecision) -> dict[str, s
              ("konsilium.skipped", [f"{s.target}: {s.why}" for s in decision.skipped]))  # fmt: skip
     attributes.update((name, values) for name, values in lists if values)
     return attributes
-
-
-async def attempt(
-    target: str, generation: GenerationRequest, events: AsyncGenerator[StoreEvent, None], services: Services
-) -> AsyncGenerator[StoreEvent, None]:
-    """One target's answer, traced as a GenAI client span and measured: first token and tokens
-    for the metrics, and — once it finishes — this target's latency for the router to learn."""
-    metrics, settings = services.metrics, services.config.telemetry
-    record = current()
-    opened = time.perf_counter()
-    operation = "chat" if generation.kind == "chat" else "text_completion"
-    span = tracer().start_span(f"{operation} {target}", kind=SpanKind.CLIENT, attributes=_request_attributes(
-        operation, target, generation, settings))  # fmt: skip
-    first_at: float | None = None
-    text: list[str] = []
-    try:
-        async for event in events:
-            if first_at is None and not isinstance(event, Notice):
-                first_at = time.perf_counter()
-                record.ttft_ms = (first_at - record.started) * 1000
-                span.add_event("first_token")  # its timestamp is the first token's time
-                if metrics is not None:
-                    metrics.first_token(target, first_at - record.started)
-            if settings.record_content and isinstance(event, TextDelta):
-                text.append(event.text)
-            if isinstance(event, Finish) and first_at is not None:
-                _finished(span, record, target, event, text if settings.record_content else None)
-                now, usage = time.perf_counter(), event.usage
-                services.router.observe(
-                    target, (first_at - opened) * 1000, (now - opened) * 1000, usage.completion_tokens
-                )
-                if metrics is not None:
-                    metrics.finished(target, usage.prompt_tokens, usage.completion_tokens, now - first_at)
-            yield event
-    except GatewayError as exc:
-        record.error = exc.code
-        span.set_attribute("error.type", exc.code)
-        span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
-        raise
-    finally:
-        span.end()
-        await events.aclose()
 
 
 def _request_attributes(

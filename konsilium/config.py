@@ -20,6 +20,7 @@ import yaml
 
 from konsilium.errors import ConfigError
 from konsilium.manifest import Adapter, Manifest, duplicate_problems, manifest_files, rule_problems
+from konsilium.net import is_loopback
 
 AgentRole = Literal["dev", "security", "qa", "architect", "ux", "seo", "director"]
 
@@ -70,7 +71,7 @@ class RoleRoute(_Strict, frozen=True):
 
 
 class RoutingConfig(_Strict, frozen=True):
-    rules: str | None = None  # the triggers file; default: configs/routing.yaml of this checkout
+    rules: str | None = None  # the triggers file; default: routing/triggers.yaml, packaged with routing
     local_timeout_ms: Annotated[float, msgspec.Meta(gt=0)] = 30_000.0  # no first event by then: fall back
     max_local_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3
     breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 3
@@ -240,15 +241,6 @@ def upstream_url_problem(url: str, allow_external: bool) -> str | None:
     if not allow_external and not is_loopback(parts.hostname):
         return f"{parts.hostname} is outside loopback; set allow_external_api: true to let requests leave this machine"
     return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def config_json_schema() -> dict[str, object]:

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from konsilium.net import is_outside
+
 ModelId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -89,6 +91,11 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     @property
     def backend_name(self) -> BackendName:
         return self.backend or BACKEND_OF_FORMAT[self.format]
+
+    @property
+    def is_cloud(self) -> bool:
+        """Outside this machine: any backend whose `url` is not loopback (whatever relays to it)."""
+        return self.url is not None and is_outside(self.url)
 
     @property
     def context_window(self) -> int:

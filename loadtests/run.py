@@ -33,7 +33,7 @@ def konsilium(host: str | None) -> Iterator[str]:
     port = free_port()
     REPORT.mkdir(parents=True, exist_ok=True)
     log = REPORT / "konsilium.log"
-    cmd = [sys.executable, "-m", "konsilium.cli", "serve", "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "entrypoints.cli", "serve", "--host", HOST, "--port", str(port)]
     with running_process(cmd, log) as proc:
         wait_http_ok(f"http://{HOST}:{port}/ready", proc, 120, log)
         yield f"http://{HOST}:{port}"

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -32,17 +31,16 @@ from konsilium.errors import (
     ModelNotFoundError,
     RateLimitError,
 )
-from konsilium.manifest import Manifest
 from konsilium.observability.events import NoObserver, Observer, UnloadReason
-from model_store.backend import Backend, State
+from model_store.backend import Backend
 from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb, process_tree
 from model_store.checksum import ChecksumCache, default_cache_dir
 from model_store.estimate import GGUFError
-from model_store.llama_cpp.backend import LlamaCppBackend
-from model_store.openai.backend import OpenAIBackend
+from model_store.lifecycle import Entry
 from model_store.planner import Resident, plan_load
+from model_store.registry import build_backend
 from model_store.types import Event, GenerationRequest
-from model_store.vllm.backend import VllmBackend
+from model_store.views import BudgetView, ModelView, model_view
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("konsilium.model_store")
@@ -71,39 +69,6 @@ class Loading(Notice, frozen=True):
 StoreEvent = Event | Notice
 
 
-def build_backend(manifest: Manifest) -> Backend:
-    if manifest.backend_name == "llama_cpp":
-        return LlamaCppBackend(manifest)
-    if manifest.backend_name == "vllm":
-        return VllmBackend(manifest)
-    return OpenAIBackend(manifest)
-
-
-@dataclass(eq=False)
-class Entry:
-    manifest: Manifest
-    backend: Backend
-    slots: asyncio.Semaphore
-    state: State = "unloaded"
-    reserved_mb: int = 0
-    need_mb: int | None = None
-    measured_mb: int | None = None
-    last_used: float = 0.0
-    last_used_wall: float | None = None
-    leases: int = 0
-    in_flight: int = 0
-    queued: int = 0
-    failed_until: float = 0.0
-    last_error: str = ""
-    load_seconds: float | None = None
-    loads: int = 0
-    load_task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def id(self) -> str:
-        return self.manifest.id
-
-
 class ModelStore:
     def __init__(
         self,
@@ -128,44 +93,49 @@ class ModelStore:
         self.budget = Budget(total_mb=0, source="config")
         self._sweeper: asyncio.Task[None] | None = None
 
-    # ---- what the gateway reads ---------------------------------------------------------
-    def get(self, model_id: str) -> Entry:
-        entry = self._entries.get(model_id)
-        if entry is None:
-            raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
-        return entry
+    # ---- what the layers above read: plain views -------------------------------------------
+    def view(self) -> list[ModelView]:
+        """Every model, in config order."""
+        return [model_view(e) for e in self._entries.values()]
 
-    def entries(self) -> list[Entry]:
-        return list(self._entries.values())
-
-    def resolve(self, name: str) -> tuple[Entry, str | None]:
-        """A model id, or a LoRA adapter's name: the base's entry and the adapter."""
-        base = self._adapter_bases.get(name)
-        return (self._entries[base], name) if base is not None else (self.get(name), None)
+    def view_of(self, model_id: str) -> ModelView:
+        return model_view(self._get(model_id))
 
     def knows(self, name: str) -> bool:
         """A model id or a LoRA adapter's name."""
         return name in self._entries or name in self._adapter_bases
 
-    def addressable(self) -> list[tuple[str, Entry, str | None]]:
-        """Every name a request may use, with its entry and adapter (models first, in config order)."""
-        return [(e.id, e, None) for e in self._entries.values()] + [
-            (name, self._entries[base], name) for name, base in self._adapter_bases.items()
-        ]
+    def base_of(self, name: str) -> str:
+        """The model that serves `name`: itself, or the base of a LoRA adapter."""
+        return self._adapter_bases.get(name) or self._get(name).id
 
-    def adapter_resident(self, entry: Entry, adapter: str) -> bool:
-        return self.state_of(entry) == "ready" and adapter in entry.backend.health().adapters
+    def budget_view(self) -> BudgetView:
+        used, foreign = self._used_mb(), self._foreign_mb()
+        return BudgetView(
+            total_mb=self.budget.total_mb,
+            source=self.budget.source,
+            device=self.budget.device,
+            used_mb=used,
+            foreign_mb=foreign,
+            free_mb=self.budget.total_mb - used - foreign,
+            models={e.id: e.reserved_mb for e in self._entries.values() if e.reserved_mb},
+        )
 
-    def state_of(self, entry: Entry) -> State:
-        """The store's state, corrected by the backend's own (a process that died is unloaded)."""
-        if entry.state == "ready":
-            return entry.backend.health().state
-        return entry.state
+    def count_prompt_tokens(self, name: str, request: GenerationRequest) -> int | None:
+        """The prompt in the tokens of the model serving `name`, where it can count them here.
+        CPU work that grows with the prompt: call it in a thread."""
+        return self._entries[self.base_of(name)].backend.count_prompt_tokens(request)
 
-    def used_mb(self) -> int:
+    def _get(self, model_id: str) -> Entry:
+        entry = self._entries.get(model_id)
+        if entry is None:
+            raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
+        return entry
+
+    def _used_mb(self) -> int:
         return sum(e.reserved_mb for e in self._entries.values())
 
-    def foreign_mb(self) -> int:
+    def _foreign_mb(self) -> int:
         pids = {p for e in self._entries.values() if (pid := e.backend.health().pid) for p in process_tree(pid)}
         return foreign_gpu_mb(pids)
 
@@ -192,11 +162,12 @@ class ModelStore:
         for entry in self._entries.values():
             if entry.state == "ready":
                 self._observer.unloaded(entry.id, "shutdown")
-            entry.state, entry.reserved_mb = "unloaded", 0
+            entry.move("shutdown")
 
     # ---- serving -------------------------------------------------------------------------
     async def stream(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
-        entry, adapter = self.resolve(model_id)
+        entry = self._entries[self.base_of(model_id)]
+        adapter = model_id if model_id != entry.id else None
         self._admit(entry)
         entry.leases += 1
         try:
@@ -231,21 +202,21 @@ class ModelStore:
             entry.leases -= 1
             entry.last_used, entry.last_used_wall = self._clock(), self._wall()
 
-    async def load(self, model_id: str) -> Entry:
-        entry = self.get(model_id)
+    async def load(self, model_id: str) -> ModelView:
+        entry = self._get(model_id)
         task = await self._start_load(entry)
         if task is not None:
             await asyncio.shield(task)
-        return entry
+        return model_view(entry)
 
-    async def unload(self, model_id: str) -> Entry:
-        entry = self.get(model_id)
+    async def unload(self, model_id: str) -> ModelView:
+        entry = self._get(model_id)
         if entry.leases:
             raise ConflictError(f"model {model_id!r} has {entry.leases} requests in flight or queued", param="model")
         if entry.state == "ready":
-            entry.state = "unloading"
+            entry.move("unload")
             await self._unload(entry, "admin")
-        return entry
+        return model_view(entry)
 
     def _admit(self, entry: Entry) -> None:
         m = entry.manifest
@@ -304,7 +275,7 @@ class ModelStore:
 
     def _reserve(self, entry: Entry, need: int) -> list[Entry]:
         """Plan and book in one step (no await): mark the victims and the target's memory."""
-        budget = self.budget.total_mb - self.foreign_mb()
+        budget = self.budget.total_mb - self._foreign_mb()
         plan = plan_load(entry.id, need, self._residents(), budget)
         if not plan.fits:
             raise BackendUnavailableError(
@@ -312,8 +283,8 @@ class ModelStore:
             )
         victims = [self._entries[v] for v in plan.evict]
         for victim in victims:
-            victim.state = "unloading"
-        entry.state, entry.reserved_mb = "loading", need
+            victim.move("unload")
+        entry.move("load", reserve_mb=need)
         return victims
 
     def _residents(self) -> list[Resident]:
@@ -350,7 +321,8 @@ class ModelStore:
         entry.load_seconds = self._clock() - started
         entry.loads += 1
         self._observer.loaded(entry.id, entry.load_seconds)
-        entry.state, entry.last_used, entry.last_used_wall = "ready", self._clock(), self._wall()
+        entry.move("loaded")
+        entry.last_used, entry.last_used_wall = self._clock(), self._wall()
         pid = entry.backend.health().pid
         measured = await asyncio.to_thread(measured_mb, pid) if pid else None
         if measured is not None:
@@ -361,12 +333,12 @@ class ModelStore:
         """Callers mark the entry `unloading` first; a load booked meanwhile keeps its state."""
         await entry.backend.unload()
         self._observer.unloaded(entry.id, reason)
-        if entry.state == "unloading":
-            entry.state, entry.reserved_mb = "unloaded", 0
+        entry.move("unloaded")
 
     def _fail(self, entry: Entry, message: str) -> None:
         self._observer.load_failed(entry.id)
-        entry.state, entry.reserved_mb, entry.last_error = "failed", 0, message
+        entry.move("load_failed")
+        entry.last_error = message
         entry.failed_until = self._clock() + self._config.load_failure_cooldown_s
 
     def _retry(self) -> int:
@@ -397,7 +369,7 @@ class ModelStore:
             and now - e.last_used >= e.manifest.idle_unload_seconds
         ]
         for entry in expired:
-            entry.state = "unloading"
+            entry.move("unload")
         return expired
 
 

@@ -20,7 +20,7 @@ from routing.triggers import TriggerIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SET = ROOT / "tests" / "data" / "routing_eval.jsonl"
-DEFAULT_RULES = ROOT / "configs" / "routing.yaml"
+DEFAULT_RULES = ROOT / "routing" / "triggers.yaml"
 
 
 class Example(msgspec.Struct, frozen=True):

@@ -11,17 +11,15 @@ the target is kept: a later failure ends the answer with an error, never with a 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import msgspec
 
-from konsilium.config import Config, RoleRoute, is_loopback
+from konsilium.config import Config, RoleRoute
 from konsilium.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -31,16 +29,17 @@ from konsilium.errors import (
     RateLimitError,
     UnsupportedParameterError,
 )
-from konsilium.manifest import Manifest
 from konsilium.observability.events import NoObserver, Observer
 from model_store.store import Admitted, Loading, Notice, Queued, StoreEvent
 from routing.health import Breaker, Latency
 from routing.policy import RouteDecision, RouteInput, TargetState, choose_route
+from routing.requests import Prompt, RouteRequest
 from routing.roles import RoleDecision, resolve_role
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules, load_rules
 from routing.triggers import TriggerIndex
 
-DEFAULT_RULES = Path(__file__).resolve().parents[1] / "configs" / "routing.yaml"
+DEFAULT_RULES = Path(__file__).resolve().parent / "triggers.yaml"  # packaged (package-data)
+ROUTED_MODELS = ("auto", "konsilium")
 TIER_ORDER = ("primary", "secondary", "lightweight", "micro", "optional_moe")
 # A target that fails for one of these reasons may succeed elsewhere; other client errors may not.
 RETRY_ELSEWHERE = (ContextLengthExceededError, UnsupportedParameterError)
@@ -52,6 +51,11 @@ class Attempt(msgspec.Struct, frozen=True):
     target: str
     error: str  # the error's code
     ms: int
+
+
+class TargetHealth(msgspec.Struct, frozen=True):
+    ttft_ms: float | None  # learned time to first token (EWMA)
+    breaker: str  # closed | half_open | open
 
 
 class AllTargetsFailedError(BackendUnavailableError):
@@ -67,8 +71,9 @@ class Opened:
 
 
 def load_routing_rules(config: Config) -> RoutingRules:
-    path = Path(config.routing.rules) if config.routing.rules else DEFAULT_RULES
-    return load_rules(path) if path.is_file() else RoutingRules()
+    """The configured triggers file, else the packaged one; a file that is missing or unreadable
+    is a config error (never silently empty rules: every request would go to the default role)."""
+    return load_rules(Path(config.routing.rules) if config.routing.rules else DEFAULT_RULES)
 
 
 class Router:
@@ -87,7 +92,7 @@ class Router:
         self._clock = clock
         self._observer = observer or NoObserver()
         targets = config.addressable()
-        self._local = {name for name, (m, _) in targets.items() if not is_cloud(m)}
+        self._local = {name for name, (m, _) in targets.items() if not m.is_cloud}
         self._managed = {name for name, (m, _) in targets.items() if m.path is not None}  # processes we run
         self._tiers = [m.id for m in sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))]
         self._adapters_for = {
@@ -101,45 +106,51 @@ class Router:
 
     # ---- deciding (no awaits) ----------------------------------------------------------------
     def decide(
-        self,
-        facts: Mapping[str, TargetState],
-        *,
-        header_role: str | None,
-        model: str,
-        explicit: bool,
-        user_text: str,
-        system_text: str,
-        prompt_tokens: int,
-        max_tokens: int | None,
-        latency_budget_ms: float | None,
-        ab: bool,
-        tier: str | None,
-        short_answer: bool = False,
+        self, facts: Mapping[str, TargetState], route: RouteRequest, prompt: Prompt, *, explicit: bool
     ) -> tuple[RoleDecision, RouteDecision]:
+        """`explicit`: `route.model` names a model or an adapter (it goes first)."""
         role = resolve_role(
-            self.rules, self.index, header=header_role, model=model, user_text=user_text, system_text=system_text
+            self.rules,
+            self.index,
+            header=route.role,
+            model=route.model,
+            user_text=prompt.user_text,
+            system_text=prompt.system_text,
         )
         self._observer.decided(role.role, role.source, role.language)
-        route = self._routing.roles.get(role.role)
-        budget = latency_budget_ms if latency_budget_ms is not None else (route.latency_target_ms if route else None)
-        chain = self._chain(role.role, route, explicit)
+        configured = self._routing.roles.get(role.role)
+        budget = route.latency_budget_ms
+        if budget is None and configured is not None:
+            budget = configured.latency_target_ms
         decision = choose_route(
             RouteInput(
                 role=role.role,
-                chain=chain,
-                explicit_model=model if explicit else None,
-                prompt_tokens=prompt_tokens,
-                max_tokens=max_tokens,
+                chain=self._chain(role.role, configured, explicit),
+                explicit_model=route.model if explicit else None,
+                prompt_tokens=prompt.estimated_tokens,
+                max_tokens=prompt.max_tokens,
                 latency_budget_ms=budget,
-                ab=ab,
-                tier=tier,
-                short_answer=short_answer,
+                ab=route.ab,
+                tier=route.tier,
+                short_answer=prompt.short_answer,
                 allow_external=self._config.allow_external_api,
             ),
             self.snapshot(facts),
             reason="model" if explicit else _reason(role),
         )
         return role, decision
+
+    def routes(self, model: str) -> bool:
+        """`auto`, `konsilium`, a role (`security`, `role:security`) or an alias: the router picks."""
+        name = model.removeprefix("role:")
+        return model in ROUTED_MODELS or name in AGENT_ROLES or name in self.rules.aliases
+
+    def view(self) -> dict[str, TargetHealth]:
+        """What the router has learned, per target: plain data for the admin API and metrics."""
+        return {
+            name: TargetHealth(ttft_ms=self.latency.get(name, Latency()).ttft_ms, breaker=breaker.state())
+            for name, breaker in self.breakers.items()
+        }
 
     def _chain(self, role: AgentRole, route: RoleRoute | None, explicit: bool) -> tuple[str, ...]:
         if route is not None and route.targets:
@@ -259,18 +270,6 @@ class Router:
 
     def observe(self, target: str, ttft_ms: float, total_ms: float, tokens: int) -> None:
         self.latency.setdefault(target, Latency()).observe(ttft_ms, total_ms, tokens)
-
-
-def is_cloud(manifest: Manifest) -> bool:
-    """A model outside this machine: an `openai` backend whose URL is not loopback."""
-    if manifest.backend_name != "openai" or manifest.url is None:
-        return False
-    return _outside(manifest.url)
-
-
-@functools.lru_cache(maxsize=1024)
-def _outside(url: str) -> bool:  # asked per target per request: parse each URL once
-    return not is_loopback(urlsplit(url).hostname or "")
 
 
 def _reason(role: RoleDecision) -> str:

@@ -1,4 +1,5 @@
-"""Routing rules from `configs/routing.yaml`: per agent role, its triggers and its priority.
+"""Routing rules: per agent role, its triggers and its priority. `routing/triggers.yaml` (packaged)
+unless `routing.rules` names another file.
 
 Strict like every config: unknown keys are errors that name the file and the field.
 """
@@ -12,6 +13,7 @@ import msgspec
 import yaml
 
 from konsilium.config import AgentRole as AgentRole
+from konsilium.config import with_yaml_path
 from konsilium.errors import ConfigError
 
 AGENT_ROLES: tuple[AgentRole, ...] = get_args(AgentRole)
@@ -50,6 +52,4 @@ def load_rules(path: Path) -> RoutingRules:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError([f"{path}: {exc}"]) from exc
     except msgspec.ValidationError as exc:
-        from konsilium.config import with_yaml_path
-
         raise ConfigError([f"{path}: {with_yaml_path(str(exc))}"]) from exc

@@ -62,7 +62,7 @@ def run_server(tmp_path: Path, models: list[dict[str, object]], **settings: obje
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     log = (tmp_path / f"konsilium-{port}.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "konsilium.cli", "serve", "--config", str(config_path)],
+        [sys.executable, "-m", "entrypoints.cli", "serve", "--config", str(config_path)],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from litestar.testing import TestClient
 
-from gateway.app import create_app
+from entrypoints.app import create_app
 from gateway.peer import forwarded_client, parse_networks
 from konsilium.config import Config, load_config
 from konsilium.errors import ConfigError

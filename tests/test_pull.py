@@ -36,7 +36,7 @@ def offline_hub_cache(root: Path, repo: str, files: dict[str, Path | bytes]) -> 
 def konsilium(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     return subprocess.run(
-        [sys.executable, "-m", "konsilium.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "entrypoints.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
 
 

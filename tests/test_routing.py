@@ -12,7 +12,7 @@ from routing.text import normalize, swap_layout, translit_key
 from routing.triggers import TriggerIndex
 from tests.servers import ROOT
 
-RULES = load_rules(ROOT / "configs" / "routing.yaml")
+RULES = load_rules(ROOT / "routing" / "triggers.yaml")
 INDEX = TriggerIndex(RULES)
 
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from konsilium.errors import GatewayError
+from konsilium.errors import BackendUnavailableError, GatewayError
 from konsilium.manifest import Manifest
 from model_store.backend import Health, ModelInfo, State
 from model_store.estimate import estimate_gguf, read_gguf_shape
@@ -85,9 +85,9 @@ class LlamaCppBackend:
         finally:
             self._queued -= 1
         try:
-            await self.load()
-            assert self._worker is not None
             worker = self._worker
+            if worker is None or not worker.alive:  # the store loads; a worker that died meanwhile
+                raise BackendUnavailableError(f"model {self._config.id!r} is not running")
             request_id, inbox = worker.submit(request)
         except BaseException:
             self._turn.release()

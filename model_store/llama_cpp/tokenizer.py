@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from model_store.llama_cpp.failure import GenerationFailure
 from model_store.types import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ class PromptCounter:
         that is surely longer than `limit` gets its lower bound instead, without tokenizing (a
         megabyte of messages would take seconds): every message is at least one token of its
         template, and no token is longer than the vocabulary's longest."""
-        from model_store.llama_cpp.failure import GenerationFailure
-
         texts = [request.prompt, request.suffix or "", *(m.content for m in request.messages)]
         floor = max(len(request.messages), sum(len(t.encode("utf-8")) for t in texts) // self._longest)
         if floor > limit:

@@ -89,8 +89,8 @@ class OpenAIBackend:
         """`adapter`: the upstream model to ask instead (a vLLM LoRA adapter, through `vllm`)."""
         if request.kind == "completion" and request.top_logprobs is not None:
             raise UnsupportedParameterError("logprobs are not relayed for text completions", param="logprobs")
-        await self.load()
-        assert self._session is not None
+        if self._session is None:  # the store loads it before any request; unloaded since
+            raise BackendUnavailableError(f"model {self._config.id!r} is not loaded")
         body = wire.request_body(request, adapter or self._config.upstream_model or self._config.id)
         try:
             async with self._session.post(self._urls[request.kind], data=body, headers=_JSON) as response:

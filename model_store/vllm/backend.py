@@ -109,8 +109,7 @@ class VllmBackend:
         self.adapters.detach()
 
     async def stream(self, request: GenerationRequest, adapter: str | None = None) -> AsyncGenerator[Event, None]:
-        await self.load()
-        relay = self._relay
+        relay = self._relay  # the store loads it (through its memory plan) before any request
         if relay is None:
             raise BackendUnavailableError(f"model {self._config.id!r} is not running")
         if adapter is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import urllib.error
@@ -12,6 +13,8 @@ from pathlib import Path
 from konsilium.config import Config
 from konsilium.manifest import Manifest
 from model_store.estimate import GGUFError, estimate_gguf, read_gguf_shape
+from model_store.types import GenerationRequest, Message
+from routing.requests import RouteRequest
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -58,7 +61,7 @@ def _estimate(manifest: Manifest) -> int | str:
 def pull(repo: str, filename: str, models_dir: Path, revision: str | None, model_id: str | None) -> int:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from konsilium.pull import pull as fetch
+    from entrypoints.pull import pull as fetch
 
     try:
         written = fetch(repo, filename, models_dir, revision=revision, model_id=model_id)
@@ -70,23 +73,16 @@ def pull(repo: str, filename: str, models_dir: Path, revision: str | None, model
 
 
 def route(config: Config, text: str, system: str, model: str, role: str | None) -> int:
-    """What `POST /admin/route` answers, computed here; every model counts as not loaded."""
-    from routing.policy import TargetState, estimate_tokens
-    from routing.router import Router, is_cloud, load_routing_rules
-
-    router = Router(config, load_routing_rules(config))
-    facts = {
-        name: TargetState(
-            model=name, tier=m.role, cloud=is_cloud(m), context_length=m.context_window if m.path else m.context_length
-        )
-        for name, (m, _) in config.addressable().items()
-    }
-    explicit = model in facts
-    role_decision, decision = router.decide(
-        facts, header_role=role, model=model, explicit=explicit, user_text=text, system_text=system,
-        prompt_tokens=estimate_tokens(len(text + system)), max_tokens=None, latency_budget_ms=None, ab=False, tier=None,
-    )  # fmt: skip
+    """What `POST /admin/route` answers — the dispatcher's own `explain` on the same store views,
+    here with nothing loaded."""
+    from entrypoints.app import build_dispatcher
     from gateway.routed import explain
 
+    messages = (*((Message(role="system", content=system),) if system else ()), Message(role="user", content=text))
+    role_decision, decision = asyncio.run(
+        build_dispatcher(config).explain(
+            GenerationRequest(kind="chat", messages=messages), RouteRequest(model=model, role=role)
+        )
+    )
     print(json.dumps(explain(role_decision, decision, config.addressable()), ensure_ascii=False, indent=2))
     return 0

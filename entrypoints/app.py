@@ -1,4 +1,5 @@
-"""`create_app`: builds the object graph and the Litestar application around it."""
+"""`create_app`: builds the object graph (store, router, dispatcher, telemetry) and the Litestar
+application around it; the one place that wires every layer together."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from gateway import admin, completions, models
 from gateway import metrics as gateway_metrics
 from gateway.errors import render
 from gateway.metrics import StateCollector
-from gateway.observe import ObservedApp
+from gateway.observe import ObservedApp, Telemetry
 from gateway.peer import ForwardedClientMiddleware
 from gateway.services import Services
 from konsilium.config import Config
@@ -21,7 +22,25 @@ from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import setup_tracing
 from model_store.backend import Backend
 from model_store.store import ModelStore
+from routing.dispatch import Dispatcher
 from routing.router import Router, load_routing_rules
+
+
+def build_dispatcher(config: Config) -> Dispatcher:
+    """The request path without the HTTP layer (`konsilium route`, benchmarks): no process starts."""
+    return _routed_store(config, None, time.monotonic, None, None)[2]
+
+
+def _routed_store(
+    config: Config,
+    backends: Mapping[str, Backend] | None,
+    clock: Callable[[], float],
+    metrics: Metrics | None,
+    observer: Telemetry | None,
+) -> tuple[ModelStore, Router, Dispatcher]:
+    store = ModelStore(config, backends, clock=clock, observer=metrics)
+    router = Router(config, load_routing_rules(config), clock=clock, observer=metrics)
+    return store, router, Dispatcher(config, store, router, observer=observer)
 
 
 def create_app(
@@ -33,9 +52,10 @@ def create_app(
     telemetry = config.telemetry
     provider = setup_tracing(telemetry)
     metrics = Metrics() if telemetry.metrics else None
-    store = ModelStore(config, backends, clock=clock or time.monotonic, observer=metrics)
-    router = Router(config, load_routing_rules(config), clock=clock or time.monotonic, observer=metrics)
-    services = Services(config=config, store=store, router=router, metrics=metrics)
+    store, router, dispatcher = _routed_store(
+        config, backends, clock or time.monotonic, metrics, Telemetry(metrics, telemetry)
+    )
+    services = Services(config=config, store=store, router=router, dispatcher=dispatcher, metrics=metrics)
     if metrics is not None:
         metrics.registry.register(StateCollector(store, router))
     return Litestar(

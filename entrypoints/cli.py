@@ -66,7 +66,7 @@ def _config(args: argparse.Namespace) -> Config:
 def serve(config: Config) -> None:
     import uvicorn
 
-    from gateway.app import create_app
+    from entrypoints.app import create_app
     from gateway.http_server import HeadLimits, bounded_protocol
     from konsilium.observability.logs import configure_logging
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from konsilium import commands
+    from entrypoints import commands
 
     if args.command == "config-schema":
         print(json.dumps(manifest_json_schema() if args.manifest else config_json_schema(), indent=2, sort_keys=True))

@@ -1,0 +1,210 @@
+"""The dispatcher: the one way from a request to the model that answers it.
+
+```
+dispatch(generation, route)
+  explain:  facts (store views + prompt counts, off the event loop) → router.decide (pure)
+  open:     router.open_first(decision, attempt)  — fallbacks, breakers, first-event timeout
+  attempt:  store.stream(target, request + the role's sampling defaults), watched: latency
+            learned by the router, telemetry told through the injected `DispatchObserver`
+```
+
+Its inputs are plain data (`GenerationRequest`, `RouteRequest`) and its output the opened
+stream with the decision, so the HTTP front doors, the council's fan-out and the CLI's
+`konsilium route` all take the same path — and `explain()` is the same decision without
+generating. Nothing here knows HTTP; nothing above reads the store's or the router's insides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from konsilium.config import Config
+from konsilium.errors import ContextLengthExceededError, GatewayError, ModelNotFoundError
+from model_store.store import ModelStore, Notice, StoreEvent
+from model_store.types import Finish, GenerationRequest, TextDelta
+from model_store.views import ModelView
+from routing.policy import RouteDecision, TargetState
+from routing.requests import Prompt, RouteRequest, prompt_of
+from routing.roles import RoleDecision
+from routing.router import AllTargetsFailedError, Attempt, Router
+
+
+class AttemptWatch(Protocol):
+    """One target's try at a request, as telemetry sees it."""
+
+    records_text: bool  # wants `text()` for every text delta (content recording is on)
+
+    def first(self) -> None: ...
+
+    def text(self, text: str) -> None: ...
+
+    def finished(self, finish: Finish) -> None: ...
+
+    def failed(self, error: GatewayError) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class DispatchObserver(Protocol):
+    def routed(self, started_ns: int, role: RoleDecision, decision: RouteDecision) -> None: ...
+
+    def attempt(self, target: str, generation: GenerationRequest) -> AttemptWatch: ...
+
+
+class _Unwatched:
+    records_text = False
+
+    def first(self) -> None:
+        pass
+
+    def text(self, text: str) -> None:
+        pass
+
+    def finished(self, finish: Finish) -> None:
+        pass
+
+    def failed(self, error: GatewayError) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+class NoDispatchObserver:
+    def routed(self, started_ns: int, role: RoleDecision, decision: RouteDecision) -> None:
+        pass
+
+    def attempt(self, target: str, generation: GenerationRequest) -> AttemptWatch:
+        return _Unwatched()
+
+
+@dataclass
+class Dispatched:
+    role: RoleDecision
+    decision: RouteDecision
+    target: str  # the target that answers
+    first: StoreEvent  # its first event (or the last target's `Loading` notice)
+    events: AsyncGenerator[StoreEvent, None]  # the rest; close it when done
+    failed: list[Attempt]  # the targets tried before it
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: Config,
+        store: ModelStore,
+        router: Router,
+        *,
+        observer: DispatchObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._adapters = {name: m.id for name, (m, a) in config.addressable().items() if a is not None}
+        self._store = store
+        self._router = router
+        self._observer = observer or NoDispatchObserver()
+        self._clock = clock
+
+    async def explain(self, generation: GenerationRequest, route: RouteRequest) -> tuple[RoleDecision, RouteDecision]:
+        """The routing decision for this request in the current state, without generating."""
+        explicit = self._store.knows(route.model)
+        if not explicit and not self._router.routes(route.model):
+            raise ModelNotFoundError(f"The model {route.model!r} does not exist.", param="model")
+        prompt = prompt_of(generation)
+        started = time.time_ns()
+        role, decision = self._router.decide(await self.facts(generation, prompt), route, prompt, explicit=explicit)
+        self._observer.routed(started, role, decision)
+        return role, decision
+
+    async def dispatch(self, generation: GenerationRequest, route: RouteRequest) -> Dispatched:
+        role, decision = await self.explain(generation, route)
+        if decision.target is None:
+            why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
+            if decision.too_long:
+                raise ContextLengthExceededError(
+                    f"The prompt is too long for every model that could answer: {why}",
+                    param="messages" if generation.kind == "chat" else "prompt",
+                )
+            raise AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
+
+        def attempt(target: str) -> AsyncGenerator[StoreEvent, None]:
+            defaults = self._router.target_defaults(role.role, target)
+            return self._watched(target, generation, with_defaults(generation, defaults))
+
+        opened = await self._router.open_first(decision, attempt)
+        return Dispatched(role, decision, opened.target, opened.first, opened.events, opened.failed)
+
+    async def facts(self, generation: GenerationRequest | None, prompt: Prompt | None = None) -> dict[str, TargetState]:
+        """Each target as routing sees it (an adapter shares its base's queue and context). The
+        prompt is counted by a target's own tokenizer where the estimate puts it past half that
+        target's context (else not worth it); counting is CPU work that grows with the prompt,
+        so it runs in a thread and the event loop keeps serving everyone else."""
+        views = {v.id: v for v in self._store.view()}
+        out = {v.id: _target(v.id, v, v.state == "ready") for v in views.values()}
+        for name, base in self._adapters.items():
+            view = views[base]
+            out[name] = _target(name, view, any(a.name == name and a.resident for a in view.adapters))
+        if generation is None or prompt is None:
+            return out
+        near = [
+            n for n, s in out.items() if s.context_length is not None and prompt.estimated_tokens * 2 > s.context_length
+        ]
+        if near:
+            counts = await asyncio.to_thread(self._count, near, generation)
+            out |= {n: msgspec.structs.replace(out[n], prompt_tokens=c) for n, c in counts.items()}
+        return out
+
+    def _count(self, names: list[str], generation: GenerationRequest) -> dict[str, int | None]:
+        return {name: self._store.count_prompt_tokens(name, generation) for name in names}
+
+    async def _watched(
+        self, target: str, generation: GenerationRequest, request: GenerationRequest
+    ) -> AsyncGenerator[StoreEvent, None]:
+        """One target's answer; once it finishes, the router learns this target's latency."""
+        events = self._store.stream(target, request)
+        watch = self._observer.attempt(target, generation)
+        opened = self._clock()
+        first_at: float | None = None
+        try:
+            async for event in events:
+                if first_at is None and not isinstance(event, Notice):
+                    first_at = self._clock()
+                    watch.first()
+                if isinstance(event, TextDelta):
+                    if watch.records_text:
+                        watch.text(event.text)
+                elif isinstance(event, Finish) and first_at is not None:
+                    now = self._clock()
+                    tokens = event.usage.completion_tokens
+                    self._router.observe(target, (first_at - opened) * 1000, (now - opened) * 1000, tokens)
+                    watch.finished(event)
+                yield event
+        except GatewayError as exc:
+            watch.failed(exc)
+            raise
+        finally:
+            watch.end()
+            await events.aclose()
+
+
+def _target(name: str, view: ModelView, resident: bool) -> TargetState:
+    return TargetState(
+        model=name,
+        tier=view.tier,
+        resident=resident,
+        cloud=view.cloud,
+        context_length=view.context_length,
+        queue_depth=view.queued + view.in_flight,
+        busy=view.in_flight >= view.max_concurrency,
+        load_ms=None if view.load_seconds is None else view.load_seconds * 1000,
+    )
+
+
+def with_defaults(generation: GenerationRequest, defaults: dict[str, float]) -> GenerationRequest:
+    missing = {k: v for k, v in defaults.items() if getattr(generation, k) is None}
+    return msgspec.structs.replace(generation, **missing) if missing else generation

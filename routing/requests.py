@@ -1,0 +1,59 @@
+"""What a request brings to routing, as plain data: never the HTTP request itself.
+
+`RouteRequest` is what the front door parsed from the HTTP layer (headers, the `model` field,
+who is calling); `Prompt` is what routing reads of the `GenerationRequest` (the texts triggers
+look at, the size estimate, the answer's expected length). The council and the tenancy keys
+fill the same structs, with no Litestar request in sight.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from model_store.types import GenerationRequest
+from routing.policy import estimate_tokens
+
+SHORT_ANSWER_TOKENS = 16
+
+
+class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
+    model: str  # the request's `model`: a model, an adapter, `auto`, a role or an alias
+    role: str | None = None  # the `x-konsilium-role` header
+    latency_budget_ms: float | None = None
+    tier: str | None = None
+    ab: bool = False
+    key_id: str | None = None  # the caller's API key (tenancy), when keys are on
+    tenant: str | None = None
+
+
+class Prompt(msgspec.Struct, frozen=True, kw_only=True):
+    user_text: str  # the last user message, or the completion prompt: what triggers read first
+    system_text: str
+    estimated_tokens: int  # before any tokenizer (3 characters a token)
+    max_tokens: int | None
+    short_answer: bool  # a yes/no or classification check (micro-tier work)
+
+
+def prompt_of(generation: GenerationRequest) -> Prompt:
+    users = [m.content for m in generation.messages if m.role == "user"]
+    return Prompt(
+        user_text=users[-1] if users else generation.prompt,
+        system_text="\n".join(m.content for m in generation.messages if m.role == "system"),
+        estimated_tokens=estimated_tokens(generation),
+        max_tokens=generation.max_tokens,
+        short_answer=short_answer(generation),
+    )
+
+
+def estimated_tokens(generation: GenerationRequest) -> int:
+    chars = len(generation.prompt) + len(generation.suffix or "")
+    chars += sum(len(m.content) + 8 for m in generation.messages)  # + the template's few tokens
+    return estimate_tokens(chars)
+
+
+def short_answer(generation: GenerationRequest) -> bool:
+    """A few tokens, or JSON that can only be a boolean or one of a list."""
+    if generation.max_tokens is not None and generation.max_tokens <= SHORT_ANSWER_TOKENS:
+        return True
+    schema = generation.json_output.schema if generation.json_output else None
+    return schema is not None and (schema.get("type") == "boolean" or "enum" in schema)
