@@ -1,19 +1,21 @@
-"""Validate our bodies against OpenAI's published OpenAPI description (shared/reference).
+"""Validate our bodies against OpenAI's published OpenAPI description.
 
-The spec is OpenAPI 3.1 (JSON Schema 2020-12) with a few 3.0-style `nullable: true` left in; they
-are rewritten to `anyOf [..., null]` so jsonschema checks what OpenAI's SDKs accept.
+The schemas are the part of OpenAI's spec the tests use, kept in the repo as
+`tests/data/openai/openai-schemas.json` (its README says where it is from and how to regenerate
+it). The spec is OpenAPI 3.1 (JSON Schema 2020-12) with a few 3.0-style `nullable: true` left in;
+they are rewritten to `anyOf [..., null]` so jsonschema checks what OpenAI's SDKs accept.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai-openapi.yaml"
+SCHEMAS = Path(__file__).resolve().parent / "data" / "openai" / "openai-schemas.json"
 
 
 def _denull(node: Any) -> Any:
@@ -34,9 +36,7 @@ def _denull(node: Any) -> Any:
 
 @functools.cache
 def _components() -> dict[str, Any]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with SPEC.open(encoding="utf-8") as handle:
-        spec = yaml.load(handle, Loader=loader)
+    spec = json.loads(SCHEMAS.read_text(encoding="utf-8"))
     components: dict[str, Any] = _denull(spec["components"])
     return components
 
@@ -51,3 +51,9 @@ def assert_valid(schema_name: str, body: Any) -> None:
     """Raise with every violation listed, so a failure says exactly what is off."""
     errors = sorted(validator(schema_name).iter_errors(body), key=lambda e: list(e.path))
     assert not errors, f"{schema_name}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+
+def schemas() -> dict[str, Any]:
+    """The in-repo `components/schemas`, `nullable` already rewritten (what the fuzz test draws from)."""
+    named: dict[str, Any] = _components()["schemas"]
+    return named

@@ -1,6 +1,6 @@
 """The real SmolLM2 through a real Konsilium process, driven by the official openai SDK.
 
-Every body is validated against OpenAI's published schemas (shared/reference).
+Every body is validated against OpenAI's published schemas (tests/data/openai/).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.openapi import assert_valid
-from tests.servers import MODEL_ID, Server, llama_model, run_server
+from tests.servers import MODEL_ID, Server, free_port, llama_model, run_server
 
 pytestmark = pytest.mark.e2e
 
@@ -204,8 +204,25 @@ def test_3_a_clients_failing_requests_do_not_close_the_model_to_others(strict: S
     assert reply.status_code == 200, reply.text
 
 
-def test_10_requests_queued_for_a_busy_model_wait_their_turn(strict: Server) -> None:
-    body = {"model": MODEL_ID, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 120, "temperature": 0, "stream": True}
+@pytest.fixture(scope="module")
+def queued(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The model has a fallback behind it (an upstream nobody listens on), so its first-event
+    timeout applies — and a queued request that timed out would fall back and fail."""
+    spare = {"id": "spare", "format": "remote", "url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout_s": 2}
+    routing = {
+        "local_timeout_ms": 3000,
+        "breaker_failures": 2,
+        "breaker_cooldown_s": 600,
+        "roles": {"dev": {"targets": [{"model": MODEL_ID}, {"model": "spare"}]}},
+    }
+    models = [llama_model(max_queue=4), spare]
+    with run_server(tmp_path_factory.mktemp("queued"), models, routing=routing) as running:
+        yield running
+
+
+def test_10_requests_queued_for_a_busy_model_wait_their_turn(queued: Server) -> None:
+    strict = queued
+    body = {"model": "auto", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 200, "temperature": 0, "stream": True}
 
     async def four() -> list[tuple[int, str, float]]:
         async with httpx.AsyncClient(timeout=180) as http:
@@ -218,8 +235,9 @@ def test_10_requests_queued_for_a_busy_model_wait_their_turn(strict: Server) -> 
             return await asyncio.gather(*(one() for _ in range(4)))
 
     answers = asyncio.run(four())
-    assert [status for status, _, _ in answers] == [200] * 4
+    assert [status for status, _, _ in answers] == [200] * 4, answers[0][1]
     assert all('"error"' not in text and text.endswith("data: [DONE]\n\n") for _, text, _ in answers)
+    assert all(f'"model":"{MODEL_ID}"' in text for _, text, _ in answers), "no fallback was needed"
     # the premise: the last one waited in the queue for longer than the first-event timeout
-    assert max(seconds for _, _, seconds in answers) > 1.0
+    assert max(seconds for _, _, seconds in answers) > 3.0
     assert breaker(strict) == "closed"

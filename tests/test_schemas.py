@@ -5,9 +5,11 @@ and the llama.cpp grammar is built from a copy bounded so that no schema can cra
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from llama_cpp import Llama
 
 from gateway import convert
 from gateway import protocol as p
@@ -16,6 +18,7 @@ from konsilium.errors import InvalidRequestError
 from model_store.llama_cpp.failure import GenerationFailure
 from model_store.llama_cpp.grammar import MAX_UNROLL, json_grammar
 from model_store.types import GenerationRequest
+from tests.servers import SMOLLM2
 
 MESSAGES = [{"role": "user", "content": "x"}]
 
@@ -84,14 +87,47 @@ def test_valid_schemas_pass_unchanged(schema: dict[str, object]) -> None:
     assert chat(tools=tools(schema)).tools[0].parameters == schema
 
 
-def grammar_text(schema: dict[str, object]) -> str:
-    text: str = json_grammar(schema, "p")._grammar
+@pytest.fixture(scope="module")
+def vocab() -> Iterator[object]:
+    """The real SmolLM2 vocabulary (no weights): grammars are parsed against it."""
+    llm = Llama(model_path=str(SMOLLM2), vocab_only=True, n_ctx=16, verbose=False)
+    yield llm._model.vocab
+    llm.close()
+
+
+def grammar_text(schema: dict[str, object], vocab: object) -> str:
+    text: str = json_grammar(schema, "p", vocab)._grammar
     return text
 
 
-def test_a_long_upper_bound_is_left_to_max_tokens_not_unrolled() -> None:
-    assert grammar_text({"type": "string", "maxLength": MAX_UNROLL}).count("(") >= MAX_UNROLL
-    assert grammar_text({"type": "string", "maxLength": 2000}).count("(") < 10
+def test_a_long_upper_bound_is_left_to_max_tokens_not_unrolled(vocab: object) -> None:
+    assert grammar_text({"type": "string", "maxLength": MAX_UNROLL}, vocab).count("(") >= MAX_UNROLL
+    assert grammar_text({"type": "string", "maxLength": 2000}, vocab).count("(") < 10
+
+
+@pytest.mark.parametrize("pattern", ["^\\d{4}-\\d{2}$", "[a-z]+", "^x\\.org$"])
+def test_a_pattern_the_converter_cannot_translate_is_not_enforced(pattern: str, vocab: object) -> None:
+    assert grammar_text({"type": "string", "pattern": pattern}, vocab) == grammar_text({"type": "string"}, vocab)
+
+
+def test_an_anchored_plain_pattern_is_enforced(vocab: object) -> None:
+    assert "[0-9]" in grammar_text({"type": "string", "pattern": "^[0-9]{2,4}$"}, vocab)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"enum": []},
+        {"type": "object", "properties": {'a"b': {"type": "number"}}, "required": ['a"b']},
+        {"enum": ['a"b']},
+        {"const": 'a"c'},
+    ],
+)
+def test_a_grammar_llama_cpp_cannot_parse_is_a_400_not_a_crash(schema: dict[str, object], vocab: object) -> None:
+    """Each of these segfaulted the worker (found by tests/test_fuzz.py)."""
+    with pytest.raises(GenerationFailure) as caught:
+        json_grammar(schema, "response_format.json_schema.schema", vocab)
+    assert (caught.value.kind, caught.value.param) == ("invalid", "response_format.json_schema.schema")
 
 
 @pytest.mark.parametrize(
@@ -102,7 +138,7 @@ def test_a_long_upper_bound_is_left_to_max_tokens_not_unrolled() -> None:
         {"type": "string", "pattern": "^a{0,5000}$"},
     ],
 )
-def test_bounds_a_grammar_cannot_unroll_are_refused(schema: dict[str, object]) -> None:
+def test_bounds_a_grammar_cannot_unroll_are_refused(schema: dict[str, object], vocab: object) -> None:
     with pytest.raises(GenerationFailure) as caught:
-        json_grammar({"type": "object", "properties": {"a": schema}}, "tools[0].function.parameters")
+        json_grammar({"type": "object", "properties": {"a": schema}}, "tools[0].function.parameters", vocab)
     assert (caught.value.kind, caught.value.param) == ("invalid", "tools[0].function.parameters")

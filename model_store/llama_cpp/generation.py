@@ -88,7 +88,7 @@ class Generator:
                 "unsupported", "logprobs need `logits_all: true` in this model's config", "logprobs"
             )
         tool = _tool_mode(request)
-        grammar = _grammar(request, tool)
+        grammar = _grammar(request, tool, self._vocab)
         seed = request.seed if request.seed is not None else random.getrandbits(32)
         self._llm.set_seed(seed & 0xFFFFFFFF)  # llama.cpp seeds are uint32; OpenAI allows int64
         tokens = self._llm.generate(
@@ -214,15 +214,17 @@ def _tool_mode(request: GenerationRequest) -> ToolMode | None:
     return ToolMode(name=request.tool_choice, call_id=call_id)
 
 
-def _grammar(request: GenerationRequest, tool: ToolMode | None) -> LlamaGrammar | None:
+def _grammar(request: GenerationRequest, tool: ToolMode | None, vocab: object) -> LlamaGrammar | None:
     if tool is None:
         json_output = request.json_output
-        return json_grammar(json_output.schema, "response_format.json_schema.schema") if json_output else None
+        param = "response_format.json_schema.schema"
+        return json_grammar(json_output.schema, param, vocab) if json_output else None
     if tool.name is None:
-        return tool_call_grammar(request.tools)
+        return tool_call_grammar(request.tools, vocab)
     index = next(i for i, t in enumerate(request.tools) if t.name == tool.name)
     parameters = request.tools[index].parameters
-    return json_grammar(parameters, f"tools[{index}].function.parameters") if parameters is not None else None
+    param = f"tools[{index}].function.parameters"
+    return json_grammar(parameters, param, vocab) if parameters is not None else None
 
 
 def _finish_tool_call(tool: ToolMode, text: str) -> Iterator[Event]:
