@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     config = default_config()
     rules = load_routing_rules(config)
     router = Router(config, rules)
-    dispatcher = Dispatcher(config, ModelStore(config), router)
+    dispatcher = Dispatcher(ModelStore(config), router)
     dense, coding = prompts(200), coding_prompts(200)
 
     def decide(text: str) -> object:  # the dispatcher's own decision: store views, triggers, policy

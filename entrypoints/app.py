@@ -40,7 +40,7 @@ def _routed_store(
 ) -> tuple[ModelStore, Router, Dispatcher]:
     store = ModelStore(config, backends, clock=clock, observer=metrics)
     router = Router(config, load_routing_rules(config), clock=clock, observer=metrics)
-    return store, router, Dispatcher(config, store, router, observer=observer)
+    return store, router, Dispatcher(store, router, observer=observer)
 
 
 def create_app(

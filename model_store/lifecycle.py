@@ -35,7 +35,10 @@ TRANSITIONS: dict[tuple[State, Move], State] = {
     ("failed", "load_failed"): "failed",
     ("ready", "unload"): "unloading",
     ("unloading", "unloaded"): "unloaded",
-    ("loading", "unloaded"): "loading",  # an old process went away while a new load was booked
+    ("unloading", "load"): "loading",  # a request came while it was going: booked again at once
+    ("unloading", "load_failed"): "failed",
+    ("loading", "unloaded"): "loading",  # the old process went away after a new load was booked
+    ("failed", "unloaded"): "failed",
 }
 
 

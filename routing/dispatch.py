@@ -24,7 +24,6 @@ from typing import Protocol
 
 import msgspec
 
-from konsilium.config import Config
 from konsilium.errors import ContextLengthExceededError, GatewayError, ModelNotFoundError
 from model_store.store import ModelStore, Notice, StoreEvent
 from model_store.types import Finish, GenerationRequest, TextDelta
@@ -97,14 +96,12 @@ class Dispatched:
 class Dispatcher:
     def __init__(
         self,
-        config: Config,
         store: ModelStore,
         router: Router,
         *,
         observer: DispatchObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._adapters = {name: m.id for name, (m, a) in config.addressable().items() if a is not None}
         self._store = store
         self._router = router
         self._observer = observer or NoDispatchObserver()
@@ -144,11 +141,9 @@ class Dispatcher:
         prompt is counted by a target's own tokenizer where the estimate puts it past half that
         target's context (else not worth it); counting is CPU work that grows with the prompt,
         so it runs in a thread and the event loop keeps serving everyone else."""
-        views = {v.id: v for v in self._store.view()}
-        out = {v.id: _target(v.id, v, v.state == "ready") for v in views.values()}
-        for name, base in self._adapters.items():
-            view = views[base]
-            out[name] = _target(name, view, any(a.name == name and a.resident for a in view.adapters))
+        views = self._store.view()
+        out = {v.id: _target(v.id, v, v.state == "ready") for v in views}
+        out |= {a.name: _target(a.name, v, a.resident) for v in views for a in v.adapters}
         if generation is None or prompt is None:
             return out
         near = [

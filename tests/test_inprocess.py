@@ -78,6 +78,8 @@ async def test_a_model_moves_through_its_lifecycle() -> None:
 def test_the_transition_table_refuses_what_it_does_not_know() -> None:
     assert transition("unloaded", "load") == "loading"
     assert transition("loading", "shutdown") == "unloaded"
+    # a request for a model being unloaded books a new load; the old unload then leaves it be
+    assert transition(transition("unloading", "load"), "unloaded") == "loading"
     with pytest.raises(LifecycleError):
         transition("unloading", "loaded")
 
