@@ -38,8 +38,8 @@ async def decode(request: AnyRequest, decoder: msgspec.json.Decoder[Body]) -> Bo
         return decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise from_decode_error(exc) from exc
-    except RecursionError as exc:
-        raise too_deep(exc) from None
+    except RecursionError:
+        raise too_deep() from None
 
 
 async def respond(

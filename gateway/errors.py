@@ -50,7 +50,7 @@ def from_decode_error(exc: msgspec.DecodeError) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid value for '{path}': {detail}", param=path)
 
 
-def too_deep(_: RecursionError) -> InvalidRequestError:
+def too_deep() -> InvalidRequestError:
     """msgspec gives up on very deep nesting with a RecursionError: the client's mistake."""
     return InvalidRequestError("The request body is nested too deeply to parse.")
 
@@ -61,7 +61,7 @@ def to_gateway_error(exc: Exception) -> GatewayError:
     if isinstance(exc, msgspec.DecodeError):
         return from_decode_error(exc)
     if isinstance(exc, RecursionError):
-        return too_deep(exc)
+        return too_deep()
     if isinstance(exc, HTTPException):
         error_class = _HTTP.get(exc.status_code, InvalidRequestError if exc.status_code < 500 else InternalError)
         return error_class(str(exc.detail))

@@ -17,8 +17,7 @@ from routing.dispatch import Dispatched
 from routing.policy import RouteDecision
 from routing.requests import RouteRequest
 from routing.roles import RoleDecision
-
-TIERS = ("primary", "secondary", "lightweight", "micro", "optional_moe")
+from routing.router import TIER_ORDER
 
 
 def route_request(headers: Mapping[str, str], model: str, ab_fraction: float) -> RouteRequest:
@@ -30,7 +29,7 @@ def route_request(headers: Mapping[str, str], model: str, ab_fraction: float) ->
             "x-konsilium-latency-budget-ms must be a number", param="x-konsilium-latency-budget-ms"
         ) from exc
     tier = headers.get("x-konsilium-tier")
-    if tier is not None and tier not in TIERS:
+    if tier is not None and tier not in TIER_ORDER:
         raise InvalidRequestError(f"unknown tier {tier!r}", param="x-konsilium-tier")
     ab = headers.get("x-konsilium-ab") in ("1", "true") or (ab_fraction > 0 and random.random() < ab_fraction)
     return RouteRequest(

@@ -64,7 +64,7 @@ def _problem(encoded: bytes) -> str | None:
         draft.check_schema(schema)
     except SchemaError as exc:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
-        return f"{exc.message}" + (f" (at {where.lstrip('.')})" if where else "")
+        return exc.message + (f" (at {where.lstrip('.')})" if where else "")
     return next((f"$ref {ref!r} does not resolve inside the schema" for ref in _refs(schema)
                  if not _resolves(schema, ref)), None)  # fmt: skip
 
