@@ -22,7 +22,9 @@ from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import setup_tracing
 from model_store.backend import Backend
 from model_store.store import ModelStore
+from routing.council.convene import Council
 from routing.dispatch import Dispatcher
+from routing.privacy import Scrubber
 from routing.router import Router, load_routing_rules
 
 
@@ -40,7 +42,8 @@ def _routed_store(
 ) -> tuple[ModelStore, Router, Dispatcher]:
     store = ModelStore(config, backends, clock=clock, observer=metrics)
     router = Router(config, load_routing_rules(config), clock=clock, observer=metrics)
-    return store, router, Dispatcher(store, router, observer=observer)
+    scrubber = Scrubber(config.privacy.denylist)
+    return store, router, Dispatcher(store, router, observer=observer, scrubber=scrubber)
 
 
 def create_app(
@@ -52,10 +55,12 @@ def create_app(
     telemetry = config.telemetry
     provider = setup_tracing(telemetry)
     metrics = Metrics() if telemetry.metrics else None
-    store, router, dispatcher = _routed_store(
-        config, backends, clock or time.monotonic, metrics, Telemetry(metrics, telemetry)
+    observer = Telemetry(metrics, telemetry)
+    store, router, dispatcher = _routed_store(config, backends, clock or time.monotonic, metrics, observer)
+    council = Council(dispatcher, observer=observer)
+    services = Services(
+        config=config, store=store, router=router, dispatcher=dispatcher, council=council, metrics=metrics
     )
-    services = Services(config=config, store=store, router=router, dispatcher=dispatcher, metrics=metrics)
     if metrics is not None:
         metrics.registry.register(StateCollector(store, router))
     return Litestar(

@@ -16,13 +16,14 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway import convert, observe
+from gateway import convert, council, observe
 from gateway import protocol as p
 from gateway.errors import from_decode_error, too_deep
 from gateway.framing import ChatResponder, CompletionResponder, Responder
 from gateway.routed import route_headers, route_request
 from gateway.services import Services
 from gateway.sse import collect, sse_stream, unless_disconnected
+from konsilium.errors import InvalidRequestError
 from model_store.types import GenerationRequest
 
 Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
@@ -81,14 +82,30 @@ async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
     observe.current().inference = True
     body = await decode(request, p.chat_request_decoder)
     generation = convert.chat_request(body)
+    name = _council_asked(request, body.model)
+    if name is not None:
+        record = observe.current()
+        record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
+        return await council.respond(request, body, generation, name, record.request_id)
     logprobs = bool(body.logprobs)
     return await respond(request, body, generation, lambda model: ChatResponder(model, logprobs=logprobs))
+
+
+def _council_asked(request: AnyRequest, model: str) -> str | None:
+    """A council's name, unless a model of that name is configured (a model id may hold a `/`)."""
+    services: Services = request.app.state.services
+    return None if services.store.knows(model) else council.council_name(model)
 
 
 @post("/v1/completions", status_code=200)
 async def completions(request: AnyRequest) -> Response[bytes] | Stream:
     observe.current().inference = True
     body = await decode(request, p.completion_request_decoder)
+    if _council_asked(request, body.model) is not None:
+        raise InvalidRequestError(
+            "A council answers chat: send it to /v1/chat/completions (a text completion has no conversation to weigh).",
+            param="model",
+        )
     generation = convert.completion_request(body)
     logprobs = body.logprobs is not None
     return await respond(request, body, generation, lambda model: CompletionResponder(model, logprobs=logprobs))

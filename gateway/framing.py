@@ -28,7 +28,7 @@ class Responder(Protocol):
     def assemble(self, events: Sequence[Event]) -> p.ChatCompletion | p.TextCompletion: ...
 
 
-def _usage(usage: Usage) -> p.CompletionUsage:
+def completion_usage(usage: Usage) -> p.CompletionUsage:
     return p.CompletionUsage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
@@ -77,6 +77,9 @@ class ChatResponder(_Identity):
     def first(self) -> p.ChatCompletionChunk:
         return self._chunk(p.ChunkDelta(role="assistant", content=""))
 
+    def reasoning_chunk(self, text: str) -> p.ChatCompletionChunk:
+        return self._chunk(p.ChunkDelta(reasoning_content=text))
+
     def chunk(self, event: Event) -> p.ChatCompletionChunk:
         if isinstance(event, TextDelta):
             logprobs = p.ChoiceLogprobs(content=_token_logprobs(event.logprobs)) if self._logprobs else None
@@ -91,7 +94,7 @@ class ChatResponder(_Identity):
 
     def usage_chunk(self, usage: Usage) -> p.ChatCompletionChunk:
         return p.ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=[], usage=_usage(usage)
+            id=self.id, created=self.created, model=self.model, choices=[], usage=completion_usage(usage)
         )
 
     def assemble(self, events: Sequence[Event]) -> p.ChatCompletion:
@@ -113,7 +116,7 @@ class ChatResponder(_Identity):
             finish_reason=finish.reason,
         )
         return p.ChatCompletion(
-            id=self.id, created=self.created, model=self.model, choices=[choice], usage=_usage(finish.usage)
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=completion_usage(finish.usage)
         )
 
 
@@ -135,14 +138,16 @@ class CompletionResponder(_Identity):
         return self._object(event.text if isinstance(event, TextDelta) else event.arguments, self._of(event), None)
 
     def usage_chunk(self, usage: Usage) -> p.TextCompletion:
-        return p.TextCompletion(id=self.id, created=self.created, model=self.model, choices=[], usage=_usage(usage))
+        return p.TextCompletion(
+            id=self.id, created=self.created, model=self.model, choices=[], usage=completion_usage(usage)
+        )
 
     def assemble(self, events: Sequence[Event]) -> p.TextCompletion:
         finish = _finish(events)
         text = "".join(e.text for e in events if isinstance(e, TextDelta))
         logprobs = [lp for e in events for lp in self._of(e)]
         completion = self._object(text, logprobs, finish.reason)
-        completion.usage = _usage(finish.usage)
+        completion.usage = completion_usage(finish.usage)
         return completion
 
     @staticmethod

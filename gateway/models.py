@@ -9,7 +9,9 @@ from litestar.params import FromPath
 from msgspec import UNSET
 
 from gateway import protocol as p
+from gateway.council import PREFIX
 from gateway.services import Services
+from konsilium.config import DEFAULT_COUNCIL
 from model_store.views import ModelView
 
 AnyRequest = Request[Any, Any, Any]
@@ -42,17 +44,32 @@ def _models(view: ModelView) -> list[p.Model]:
     ]
 
 
+def _councils(services: Services) -> list[p.Model]:
+    """The councils, as the models an IDE's picker offers (`konsilium`, `konsilium/review`)."""
+    if not services.store.view():
+        return []
+    names = dict.fromkeys([DEFAULT_COUNCIL, *services.config.councils])
+    ids = [PREFIX if n == DEFAULT_COUNCIL else f"{PREFIX}/{n}" for n in names]
+    return [p.Model(id=i, created=services.started, owned_by="konsilium") for i in ids if not services.store.knows(i)]
+
+
 @get("/v1/models")
 async def list_models(request: AnyRequest) -> Response[bytes]:
-    models = [m for v in services_of(request).store.view() for m in _models(v)]
-    bases = [m for m in models if m.parent is UNSET]  # models first, then adapters (config order)
-    return json_response(p.ModelList(data=bases + [m for m in models if m.parent is not UNSET]))
+    services = services_of(request)
+    models = [m for v in services.store.view() for m in _models(v)]
+    bases = [m for m in models if m.parent is UNSET]  # models first, then adapters (config order), councils
+    adapters = [m for m in models if m.parent is not UNSET]
+    return json_response(p.ModelList(data=bases + adapters + _councils(services)))
 
 
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
-    store = services_of(request).store
+    services = services_of(request)
+    store = services.store
     name = model_id.lstrip("/")
+    council = next((m for m in _councils(services) if m.id == name), None)
+    if council is not None:
+        return json_response(council)
     found = next(m for m in _models(store.view_of(store.base_of(name))) if m.id == name)
     return json_response(found)
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Literal
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +30,7 @@ from konsilium.observability.logs import ACCESS_LOGGER
 from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import trace_id, tracer
 from model_store.types import Finish, GenerationRequest
+from routing.council.reports import CallReport
 from routing.policy import RouteDecision
 from routing.roles import RoleDecision
 
@@ -52,6 +56,7 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""
+    redacted: dict[str, int] = field(default_factory=dict)  # by the privacy filter, counts by type
 
 
 CURRENT: ContextVar[RequestRecord | None] = ContextVar("konsilium_request", default=None)
@@ -124,6 +129,8 @@ def _access_fields(record: RequestRecord, method: str, path: str, status: int, s
             "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 1),
             "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         }  # fmt: skip
+    if record.redacted:
+        fields["redacted"] = record.redacted
     if record.error:
         fields["error"] = record.error
     return fields
@@ -142,16 +149,59 @@ class Telemetry:
         locked set per attribute) and it never becomes the current span."""
         tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
 
-    def attempt(self, target: str, generation: GenerationRequest) -> AttemptSpan:
-        return AttemptSpan(target, generation, self._metrics, self._settings)
+    def attempt(self, target: str, generation: GenerationRequest, redacted: Mapping[str, int]) -> AttemptSpan:
+        if redacted:
+            record = current()
+            for kind, count in redacted.items():
+                record.redacted[kind] = record.redacted.get(kind, 0) + count
+            if self._metrics is not None:
+                self._metrics.redacted(redacted)
+        return AttemptSpan(target, generation, self._metrics, self._settings, redacted)
+
+    # ---- the council's observer ------------------------------------------------------------
+    def convened(self, council: str) -> None:
+        if self._metrics is not None:
+            self._metrics.councils.inc((council,))
+
+    def call(self, council: str, kind: Literal["agent", "ranking", "verdict"], role: str) -> CouncilSpan:
+        return CouncilSpan(council, kind, role, self._metrics)
+
+
+class CouncilSpan:
+    """One council call's span (`council.agent security`), the parent of its dispatch's spans."""
+
+    def __init__(self, council: str, kind: str, role: str, metrics: Metrics | None) -> None:
+        attributes = {"konsilium.council": council, "konsilium.council.call": kind, "konsilium.role": role}
+        self._span = tracer().start_span(f"council.{kind} {role}", attributes=attributes)
+        self._council, self._kind, self._role, self._metrics = council, kind, role, metrics
+
+    def active(self) -> AbstractContextManager[object]:
+        return trace.use_span(self._span, end_on_exit=False)
+
+    def done(self, report: CallReport) -> None:
+        span = self._span
+        span.set_attributes({"konsilium.council.status": report.status, "konsilium.latency_ms": report.latency_ms})
+        if report.model:
+            span.set_attribute("konsilium.target", report.adapter or report.model)
+        if report.error:
+            span.set_status(Status(StatusCode.ERROR, report.error[:200]))
+        span.end()
+        if self._metrics is not None:
+            self._metrics.council_call(self._council, self._kind, self._role, report.status, report.latency_ms / 1000)
 
 
 class AttemptSpan:
     def __init__(
-        self, target: str, generation: GenerationRequest, metrics: Metrics | None, settings: TelemetryConfig
+        self,
+        target: str,
+        generation: GenerationRequest,
+        metrics: Metrics | None,
+        settings: TelemetryConfig,
+        redacted: Mapping[str, int],
     ) -> None:
         operation = "chat" if generation.kind == "chat" else "text_completion"
         attributes = _request_attributes(operation, target, generation, settings)
+        attributes.update((f"konsilium.privacy.redacted.{kind}", count) for kind, count in redacted.items())
         self._span = tracer().start_span(f"{operation} {target}", kind=SpanKind.CLIENT, attributes=attributes)
         self._target, self._metrics, self._record = target, metrics, current()
         self.records_text = settings.record_content
@@ -161,7 +211,8 @@ class AttemptSpan:
     def first(self) -> None:
         self._first_at = time.perf_counter()
         record = self._record
-        record.ttft_ms = (self._first_at - record.started) * 1000
+        if record.ttft_ms is None:  # a council's calls share its record: the first token is the first one
+            record.ttft_ms = (self._first_at - record.started) * 1000
         self._span.add_event("first_token")  # its timestamp is the first token's time
         if self._metrics is not None:
             self._metrics.first_token(self._target, self._first_at - record.started)

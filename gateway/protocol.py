@@ -241,6 +241,9 @@ class ResponseMessage(_Response, kw_only=True):
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[ResponseToolCall] | UnsetType = UNSET
+    # the council's agents (DeepSeek's and vLLM's name for a model's thinking, which Continue,
+    # Cline and Open WebUI show as such)
+    reasoning_content: str | UnsetType = UNSET
 
 
 class ChatChoice(_Response, kw_only=True):
@@ -256,6 +259,30 @@ class CompletionUsage(_Response, kw_only=True):
     total_tokens: int
 
 
+class CouncilCall(_Response, kw_only=True, omit_defaults=True):
+    """One call of a council: an agent's, a ranker's or the Director's."""
+
+    role: str
+    status: str  # ok | failed | timeout
+    model: str | None = None
+    adapter: str | None = None
+    started_ms: float  # from the council's start
+    latency_ms: float
+    usage: CompletionUsage | None = None
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    error: str | None = None
+
+
+class CouncilReport(_Response, kw_only=True, omit_defaults=True):
+    """`konsilium`, beside `choices`: who sat on the council and how each call went."""
+
+    council: str
+    agents: list[CouncilCall]
+    director: CouncilCall
+    ranking: list[str] = msgspec.field(default_factory=list)
+    rankers: list[CouncilCall] = msgspec.field(default_factory=list)
+
+
 class ChatCompletion(_Response, kw_only=True):
     id: str
     object: str = "chat.completion"
@@ -263,6 +290,7 @@ class ChatCompletion(_Response, kw_only=True):
     model: str
     choices: list[ChatChoice]
     usage: CompletionUsage
+    konsilium: CouncilReport | UnsetType = UNSET
 
 
 class ToolCallChunk(_Response, kw_only=True):
@@ -275,6 +303,7 @@ class ToolCallChunk(_Response, kw_only=True):
 class ChunkDelta(_Response, kw_only=True):
     role: str | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET
     tool_calls: list[ToolCallChunk] | UnsetType = UNSET
 
 
@@ -292,6 +321,7 @@ class ChatCompletionChunk(_Response, kw_only=True):
     model: str
     choices: list[ChunkChoice]
     usage: CompletionUsage | UnsetType = UNSET
+    konsilium: CouncilReport | UnsetType = UNSET  # on a council stream's last chunk
 
 
 class CompletionChoice(_Response, kw_only=True):

@@ -19,6 +19,8 @@ from routing.requests import RouteRequest
 from routing.roles import RoleDecision
 from routing.router import TIER_ORDER
 
+CONSENT_HEADER = "x-konsilium-cloud-consent"
+
 
 def route_request(headers: Mapping[str, str], model: str, ab_fraction: float) -> RouteRequest:
     budget = headers.get("x-konsilium-latency-budget-ms")
@@ -31,10 +33,19 @@ def route_request(headers: Mapping[str, str], model: str, ab_fraction: float) ->
     tier = headers.get("x-konsilium-tier")
     if tier is not None and tier not in TIER_ORDER:
         raise InvalidRequestError(f"unknown tier {tier!r}", param="x-konsilium-tier")
-    ab = headers.get("x-konsilium-ab") in ("1", "true") or (ab_fraction > 0 and random.random() < ab_fraction)
+    ab = _flag(headers, "x-konsilium-ab") or (ab_fraction > 0 and random.random() < ab_fraction)
     return RouteRequest(
-        model=model, role=headers.get("x-konsilium-role"), latency_budget_ms=budget_ms, tier=tier, ab=ab
+        model=model,
+        role=headers.get("x-konsilium-role"),
+        latency_budget_ms=budget_ms,
+        tier=tier,
+        ab=ab,
+        cloud_consent=_flag(headers, CONSENT_HEADER),
     )
+
+
+def _flag(headers: Mapping[str, str], name: str) -> bool:
+    return headers.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def route_headers(dispatched: Dispatched) -> dict[str, str]:

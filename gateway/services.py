@@ -1,16 +1,19 @@
 """What the handlers need, built once by `create_app` and injected (no module-level globals).
 
 Handlers read plain views from the store and the router (`store.view()`, `router.view()`) and
-send inference through the dispatcher; they never touch an entry, a backend or a breaker.
+send inference through the dispatcher (or the council, which dispatches each of its calls);
+they never touch an entry, a backend or a breaker.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from konsilium.config import Config
 from konsilium.observability.metrics import Metrics
 from model_store.store import ModelStore
+from routing.council.convene import Council
 from routing.dispatch import Dispatcher
 from routing.router import Router
 
@@ -21,4 +24,6 @@ class Services:
     store: ModelStore
     router: Router
     dispatcher: Dispatcher
+    council: Council
     metrics: Metrics | None = None  # None: metrics are off
+    started: int = field(default_factory=lambda: int(time.time()))  # `created` of what has no file

@@ -76,6 +76,30 @@ async def sse_stream(
     yield DONE
 
 
+async def paced(events: AsyncGenerator[T, None], note: str) -> AsyncIterator[T | bytes]:
+    """`events`, with an SSE comment (`note`) whenever none comes for `HEARTBEAT_S`: a stream whose
+    next event may be far off (a council's agents thinking) keeps clients and proxies waiting.
+    Each event is awaited in a task; leaving early cancels a pending one (its cancellation unwinds
+    and closes `events` in that task), else closes `events` here."""
+    waiting: asyncio.Future[T] | None = None
+    try:
+        while True:
+            waiting = asyncio.ensure_future(anext(events))
+            while not (await asyncio.wait({waiting}, timeout=HEARTBEAT_S))[0]:
+                yield comment(note)
+            try:
+                item = waiting.result()
+            except StopAsyncIteration:
+                return
+            waiting = None
+            yield item
+    finally:
+        if waiting is not None and not waiting.done():
+            waiting.cancel()
+        else:
+            await events.aclose()
+
+
 async def collect(first: StoreEvent, events: AsyncIterator[StoreEvent]) -> list[Event]:
     """The whole answer of a non-streaming request, its first event included (which may be the
     `Finish` itself: a model whose first token is end-of-sequence answers with empty text)."""

@@ -23,6 +23,11 @@ from konsilium.manifest import Adapter, Manifest, duplicate_problems, manifest_f
 from konsilium.net import is_loopback
 
 AgentRole = Literal["dev", "security", "qa", "architect", "ux", "seo", "director"]
+CouncilRole = Literal["dev", "security", "qa", "architect", "ux", "seo"]  # the Director is not a seat
+CouncilName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+AgentTokens = Annotated[int, msgspec.Meta(ge=1, le=32_768)]
+DeadlineMs = Annotated[float, msgspec.Meta(gt=0, le=3_600_000)]
+DEFAULT_COUNCIL = "default"  # `"model": "konsilium"`; any other council is `konsilium/<name>`
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_MODEL = Manifest(
@@ -80,6 +85,49 @@ class RoutingConfig(_Strict, frozen=True):
     roles: dict[AgentRole, RoleRoute] = msgspec.field(default_factory=dict)
 
 
+class AgentSeat(_Strict, frozen=True):
+    """One agent on a council, with what it overrides of the council's settings."""
+
+    role: CouncilRole
+    instructions: str | None = None  # its system prompt; default: the role's built-in instructions
+    max_tokens: AgentTokens | None = None
+    deadline_ms: DeadlineMs | None = None
+
+
+class CouncilConfig(_Strict, frozen=True):
+    """A council (README "Council"): its agents answer in parallel, the Director gives the verdict.
+    The Director is the `director` role, routed by `routing.roles.director` (a cloud target first
+    when allowed, local fallbacks after); with nothing configured, the local models by tier."""
+
+    agents: list[CouncilRole | AgentSeat] = msgspec.field(
+        default_factory=lambda: ["dev", "security", "qa", "architect"]
+    )
+    agent_max_tokens: AgentTokens = 256
+    agent_deadline_ms: DeadlineMs = 120_000.0  # from the fan-out's start: queueing for a slot counts
+    director_instructions: str | None = None  # replaces the built-in aggregation prompt
+    director_max_tokens: AgentTokens | None = None  # default: the client's max_tokens
+    # a pass before the verdict: each agent ("agents") or the Director ranks the anonymised answers
+    ranking: Literal["off", "agents", "director"] = "off"
+
+    def seats(self) -> list[AgentSeat]:
+        seats = [AgentSeat(role=a) if isinstance(a, str) else a for a in self.agents]
+        return [
+            msgspec.structs.replace(
+                s, max_tokens=s.max_tokens or self.agent_max_tokens, deadline_ms=s.deadline_ms or self.agent_deadline_ms
+            )
+            for s in seats
+        ]
+
+
+class PrivacyConfig(_Strict, frozen=True):
+    """What guards a request routed to a cloud target (README "Privacy"): personal data and
+    secrets are replaced by placeholders (restored in the answer), and the cloud is used only
+    with the caller's consent (`x-konsilium-cloud-consent: 1`) unless `require_consent` is off."""
+
+    require_consent: bool = True
+    denylist: list[str] = msgspec.field(default_factory=list)  # your own secret terms: project names, hosts
+
+
 class TelemetryConfig(_Strict, frozen=True):
     """Traces, metrics and logs (README "Observability")."""
 
@@ -116,6 +164,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     admin_loopback_only: bool = True
     cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    councils: dict[CouncilName, CouncilConfig] = msgspec.field(default_factory=dict)
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
     def __post_init__(self) -> None:
@@ -124,6 +174,19 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ValueError(f"trusted_proxies[{i}]: {proxy!r} is not an IP address or a CIDR network") from None
+        for name, council in self.councils.items():
+            roles = [s.role for s in council.seats()]
+            if not roles:
+                raise ValueError(f"councils.{name}.agents: a council needs at least one agent")
+            if len(set(roles)) != len(roles):
+                raise ValueError(f"councils.{name}.agents: each role sits once, got {roles}")
+        for i, term in enumerate(self.privacy.denylist):
+            if not term.strip():
+                raise ValueError(f"privacy.denylist[{i}]: an empty term")
+
+    def council(self, name: str) -> CouncilConfig | None:
+        """The council a `model` of `konsilium` (the default) or `konsilium/<name>` asks for."""
+        return self.councils.get(name) or (CouncilConfig() if name == DEFAULT_COUNCIL else None)
 
     def addressable(self) -> dict[str, tuple[Manifest, Adapter | None]]:
         """Every name a request may give as `model`: each model, and each LoRA adapter on its base."""
@@ -145,8 +208,31 @@ def load_config(path: Path) -> Config:
     try:
         config = msgspec.convert(raw if raw is not None else {}, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError([f"{path}: {with_yaml_path(str(exc))}"]) from exc
+        raise ConfigError([f"{path}: {with_yaml_path(_keyed(raw, str(exc)))}"]) from exc
     return resolve_config(config, source=str(path), base_dir=path.parent)
+
+
+_KEYED: dict[str, type[msgspec.Struct]] = {"councils": CouncilConfig}
+
+
+def _keyed(raw: object, message: str) -> str:
+    """msgspec writes a dict's key as `[...]` (`$.councils[...].agents[0]`): name it, by
+    converting that dict's entries one by one until one fails the same way."""
+    for field, kind in _KEYED.items():
+        marker = f"$.{field}[...]"
+        entries = raw.get(field) if isinstance(raw, dict) else None
+        if marker not in message or not isinstance(entries, dict):
+            continue
+        for key, value in entries.items():
+            try:
+                msgspec.convert(value, kind, strict=True)
+            except msgspec.ValidationError as exc:
+                detail, _, rest = str(exc).partition(" - at `$")
+                rest = rest.rstrip("`")
+                return f"{detail} - at `$.{field}.{key}{'.' if rest and rest[0] != '[' else ''}{rest.lstrip('.')}`"
+            except ValueError:
+                continue
+    return message
 
 
 def resolve_config(config: Config, *, source: str, base_dir: Path) -> Config:

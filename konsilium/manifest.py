@@ -74,6 +74,9 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     n_gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] = 0
     logits_all: bool = False  # needed for logprobs; costs n_ctx x vocab x 4 bytes
     url: str | None = None
+    # a cloud target (consent, the privacy filter, `allow_external_api`) whatever its url says: a
+    # tunnel or a relay on loopback to a hosted API. Default: any url outside loopback is one
+    cloud: bool | None = None
     upstream_model: str | None = None
     api_key_env: EnvName | None = None
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 5.0
@@ -94,8 +97,9 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
 
     @property
     def is_cloud(self) -> bool:
-        """Outside this machine: any backend whose `url` is not loopback (whatever relays to it)."""
-        return self.url is not None and is_outside(self.url)
+        """Outside this machine: any backend whose `url` is not loopback (whatever relays to it),
+        or one the manifest says is (`cloud: true`)."""
+        return bool(self.cloud) or (self.url is not None and is_outside(self.url))
 
     @property
     def context_window(self) -> int:
@@ -124,6 +128,10 @@ def rule_problems(manifest: Manifest) -> list[tuple[str, str]]:
             problems.append(("path", "is required for a llama_cpp model"))
         if m.max_concurrency != 1:
             problems.append(("max_concurrency", "must be 1: a llama.cpp worker generates one request at a time"))
+    if m.cloud is not None and m.url is None:
+        problems.append(("cloud", "only a model with a url can be a cloud target"))
+    if m.cloud is False and m.url is not None and is_outside(m.url):
+        problems.append(("cloud", "a url outside loopback is always a cloud target"))
     if m.backend_name == "openai" and m.url is None:
         problems.append(("url", "is required for an openai model"))
     if m.backend_name == "vllm" and (m.path is None) == (m.url is None):

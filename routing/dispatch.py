@@ -5,7 +5,8 @@ dispatch(generation, route)
   explain:  facts (store views + prompt counts, off the event loop) → router.decide (pure)
   open:     router.open_first(decision, attempt)  — fallbacks, breakers, first-event timeout
   attempt:  store.stream(target, request + the role's sampling defaults), watched: latency
-            learned by the router, telemetry told through the injected `DispatchObserver`
+            learned by the router, telemetry told through the injected `DispatchObserver`;
+            to a cloud target through the privacy filter (routing/privacy: scrubbed, restored)
 ```
 
 Its inputs are plain data (`GenerationRequest`, `RouteRequest`) and its output the opened
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,8 +29,10 @@ from konsilium.errors import ContextLengthExceededError, GatewayError, ModelNotF
 from model_store.store import ModelStore, Notice, StoreEvent
 from model_store.types import Finish, GenerationRequest, TextDelta
 from model_store.views import ModelView
-from routing.policy import RouteDecision, TargetState
-from routing.requests import Prompt, RouteRequest, prompt_of
+from routing.policy import CHARS_PER_TOKEN, RouteDecision, TargetState
+from routing.privacy import Scrubber
+from routing.privacy.stream import restored, scrub_request
+from routing.requests import Prompt, RouteRequest, estimated_tokens, prompt_of
 from routing.roles import RoleDecision
 from routing.router import AllTargetsFailedError, Attempt, Router
 
@@ -53,7 +56,12 @@ class AttemptWatch(Protocol):
 class DispatchObserver(Protocol):
     def routed(self, started_ns: int, role: RoleDecision, decision: RouteDecision) -> None: ...
 
-    def attempt(self, target: str, generation: GenerationRequest) -> AttemptWatch: ...
+    def attempt(self, target: str, generation: GenerationRequest, redacted: Mapping[str, int]) -> AttemptWatch:
+        """`redacted`: what the privacy filter replaced before a cloud target, counts by type."""
+
+
+NOTHING_REDACTED: Mapping[str, int] = {}
+SCRUB_INLINE_CHARS = 16_384  # longer prompts are scrubbed off the event loop
 
 
 class _Unwatched:
@@ -79,7 +87,7 @@ class NoDispatchObserver:
     def routed(self, started_ns: int, role: RoleDecision, decision: RouteDecision) -> None:
         pass
 
-    def attempt(self, target: str, generation: GenerationRequest) -> AttemptWatch:
+    def attempt(self, target: str, generation: GenerationRequest, redacted: Mapping[str, int]) -> AttemptWatch:
         return _Unwatched()
 
 
@@ -91,6 +99,11 @@ class Dispatched:
     first: StoreEvent  # its first event (or the last target's `Loading` notice)
     events: AsyncGenerator[StoreEvent, None]  # the rest; close it when done
     failed: list[Attempt]  # the targets tried before it
+    model: str = ""  # the model serving `target` (its base, when `target` is a LoRA adapter)
+
+    @property
+    def adapter(self) -> str | None:
+        return self.target if self.target != self.model else None
 
 
 class Dispatcher:
@@ -101,7 +114,9 @@ class Dispatcher:
         *,
         observer: DispatchObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        scrubber: Scrubber | None = None,
     ) -> None:
+        self._scrubber = scrubber or Scrubber()
         self._store = store
         self._router = router
         self._observer = observer or NoDispatchObserver()
@@ -130,11 +145,14 @@ class Dispatcher:
             raise AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
 
         def attempt(target: str) -> AsyncGenerator[StoreEvent, None]:
-            defaults = self._router.target_defaults(role.role, target)
-            return self._watched(target, generation, with_defaults(generation, defaults))
+            request = with_defaults(generation, self._router.target_defaults(role.role, target))
+            if self._router.is_cloud(target):
+                return self._to_cloud(target, generation, request)
+            return self._watched(target, generation, self._store.stream(target, request))
 
         opened = await self._router.open_first(decision, attempt)
-        return Dispatched(role, decision, opened.target, opened.first, opened.events, opened.failed)
+        model = self._store.base_of(opened.target)
+        return Dispatched(role, decision, opened.target, opened.first, opened.events, opened.failed, model)
 
     async def facts(self, generation: GenerationRequest | None, prompt: Prompt | None = None) -> dict[str, TargetState]:
         """Each target as routing sees it (an adapter shares its base's queue and context). The
@@ -157,12 +175,32 @@ class Dispatcher:
     def _count(self, names: list[str], generation: GenerationRequest) -> dict[str, int | None]:
         return {name: self._store.count_prompt_tokens(name, generation) for name in names}
 
-    async def _watched(
+    async def _to_cloud(
         self, target: str, generation: GenerationRequest, request: GenerationRequest
     ) -> AsyncGenerator[StoreEvent, None]:
+        """Personal data and secrets leave as placeholders and come back restored (routing/privacy).
+        Scrubbing is CPU work that grows with the prompt: a long one is scrubbed in a thread."""
+        vault = self._scrubber.vault()
+        if estimated_tokens(request) * CHARS_PER_TOKEN > SCRUB_INLINE_CHARS:
+            scrubbed = await asyncio.to_thread(scrub_request, vault, request)
+        else:
+            scrubbed = scrub_request(vault, request)
+        events = self._watched(target, generation, restored(vault, self._store.stream(target, scrubbed)), vault.counts)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+
+    async def _watched(
+        self,
+        target: str,
+        generation: GenerationRequest,
+        events: AsyncGenerator[StoreEvent, None],
+        redacted: Mapping[str, int] = NOTHING_REDACTED,
+    ) -> AsyncGenerator[StoreEvent, None]:
         """One target's answer; once it finishes, the router learns this target's latency."""
-        events = self._store.stream(target, request)
-        watch = self._observer.attempt(target, generation)
+        watch = self._observer.attempt(target, generation, redacted)
         opened = self._clock()
         first_at: float | None = None
         try:

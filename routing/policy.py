@@ -2,7 +2,8 @@
 
 Plain data in, plain data out — no awaits, no clock, no logging. The chain is the explicitly
 requested model (if any) followed by the role's configured targets. Targets are skipped when
-they cannot serve: a cloud target while external APIs are off, an open circuit breaker, a
+they cannot serve: a cloud target while external APIs are off, without the caller's consent or
+for a council agent (`RouteInput.cloud_refused` says which), an open circuit breaker, a
 context too small for the prompt — counted by the target's own tokenizer where the gateway has
 it (`TargetState.prompt_tokens`), else estimated at 3 characters a token; an estimate never
 skips every target: then they are kept and the model's own tokenizer decides. Targets that hold
@@ -28,6 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 import msgspec
 
 from routing.rules import AgentRole
+
+CLOUD_OFF = "cloud target; allow_external_api is off"
+NO_CONSENT = "cloud target; no consent (x-konsilium-cloud-consent)"
+LOCAL_ONLY = "cloud target; council agents answer locally"
 
 
 class TargetState(msgspec.Struct, frozen=True):
@@ -57,7 +62,7 @@ class RouteInput(msgspec.Struct, frozen=True):
     ab: bool = False
     tier: str | None = None
     short_answer: bool = False  # a yes/no or classification check
-    allow_external: bool = False
+    cloud_refused: str = CLOUD_OFF  # why cloud targets are skipped for this request; "" when they may answer
 
 
 class Skipped(msgspec.Struct, frozen=True):
@@ -125,8 +130,8 @@ def predicted_ms(state: TargetState) -> float:
 def _why_skip(route: RouteInput, state: TargetState | None) -> str:
     if state is None:
         return "unknown model"
-    if state.cloud and not route.allow_external:
-        return "cloud target; allow_external_api is off"
+    if state.cloud and route.cloud_refused:
+        return route.cloud_refused
     if state.breaker_open:
         return "circuit breaker open"
     return ""

@@ -24,6 +24,8 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     ab: bool = False
     key_id: str | None = None  # the caller's API key (tenancy), when keys are on
     tenant: str | None = None
+    cloud_consent: bool = False  # the caller allows a cloud target (`x-konsilium-cloud-consent: 1`)
+    local_only: bool = False  # a council agent: never a cloud target, whatever the consent
 
 
 class Prompt(msgspec.Struct, frozen=True, kw_only=True):

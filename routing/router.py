@@ -32,14 +32,22 @@ from konsilium.errors import (
 from konsilium.observability.events import NoObserver, Observer
 from model_store.store import Admitted, Loading, Notice, Queued, StoreEvent
 from routing.health import Breaker, Latency
-from routing.policy import RouteDecision, RouteInput, TargetState, choose_route
+from routing.policy import (
+    CLOUD_OFF,
+    LOCAL_ONLY,
+    NO_CONSENT,
+    RouteDecision,
+    RouteInput,
+    TargetState,
+    choose_route,
+)
 from routing.requests import Prompt, RouteRequest
 from routing.roles import RoleDecision, resolve_role
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules, load_rules
 from routing.triggers import TriggerIndex
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "triggers.yaml"  # packaged (package-data)
-ROUTED_MODELS = ("auto", "konsilium")
+ROUTED_MODELS = ("auto",)  # `konsilium` is the council (routing/council/)
 TIER_ORDER = ("primary", "secondary", "lightweight", "micro", "optional_moe")
 # A target that fails for one of these reasons may succeed elsewhere; other client errors may not.
 RETRY_ELSEWHERE = (ContextLengthExceededError, UnsupportedParameterError)
@@ -133,12 +141,21 @@ class Router:
                 ab=route.ab,
                 tier=route.tier,
                 short_answer=prompt.short_answer,
-                allow_external=self._config.allow_external_api,
+                cloud_refused=self._cloud_refused(route),
             ),
             self.snapshot(facts),
             reason="model" if explicit else _reason(role),
         )
         return role, decision
+
+    def _cloud_refused(self, route: RouteRequest) -> str:
+        if not self._config.allow_external_api:
+            return CLOUD_OFF
+        if route.local_only:
+            return LOCAL_ONLY
+        if self._config.privacy.require_consent and not route.cloud_consent:
+            return NO_CONSENT
+        return ""
 
     def routes(self, model: str) -> bool:
         """`auto`, `konsilium`, a role (`security`, `role:security`) or an alias: the router picks."""
@@ -231,7 +248,10 @@ class Router:
                 continue
             breaker.success()
             return Opened(target=target, first=first, events=events, failed=failed)
-        raise _all_failed(failed, errors)
+        raise all_failed(failed, errors)
+
+    def is_cloud(self, target: str) -> bool:
+        return target not in self._local
 
     def _is_fault(self, target: str, error: GatewayError) -> bool:
         return error.target_fault and not (isinstance(error, BackendTimeoutError) and target in self._managed)
@@ -278,12 +298,15 @@ def _reason(role: RoleDecision) -> str:
     return role.source
 
 
-def _all_failed(failed: list[Attempt], errors: list[GatewayError]) -> GatewayError:
-    if len(errors) == 1:
+def all_failed(
+    failed: list[Attempt], errors: list[GatewayError], *, noun: str = "target", unwrap_one: bool = True
+) -> GatewayError:
+    """One error for a set of failed tries (the targets of a chain, the agents of a council)."""
+    if len(errors) == 1 and unwrap_one:
         return errors[0]  # one target, one failure: its own error says it best
     if errors and all(isinstance(e, InvalidRequestError) for e in errors):
         return errors[-1]  # every target refused the request itself: that is the client's answer
-    listing = "; ".join(f"{a.target}: {a.error} ({a.ms} ms)" for a in failed) or "no target could be tried"
+    listing = "; ".join(f"{a.target}: {a.error} ({a.ms} ms)" for a in failed) or f"no {noun} could be tried"
     if errors and isinstance(errors[-1], RateLimitError):
-        return RateLimitError(f"every target failed: {listing}", retry_after=errors[-1].retry_after or 1)
-    return AllTargetsFailedError(f"every target failed: {listing}", retry_after=5)
+        return RateLimitError(f"every {noun} failed: {listing}", retry_after=errors[-1].retry_after or 1)
+    return AllTargetsFailedError(f"every {noun} failed: {listing}", retry_after=5)

@@ -269,7 +269,8 @@ def test_fill_in_the_middle_is_refused_for_a_model_without_fim_tokens(client: op
 def test_models_list_and_retrieve(client: openai.OpenAI, server: Server) -> None:
     listed = httpx.get(f"{server.v1}/models").json()
     assert_valid("ListModelsResponse", listed)
-    assert [m["id"] for m in listed["data"]] == [MODEL_ID]
+    assert [m["id"] for m in listed["data"]] == [MODEL_ID, "konsilium"], "the model, then the council"
+    assert client.models.retrieve("konsilium").owned_by == "konsilium"
     model = client.models.retrieve(MODEL_ID)
     assert (model.id, model.object, model.owned_by) == (MODEL_ID, "model", "konsilium")
     assert_valid("Model", httpx.get(f"{server.v1}/models/{MODEL_ID}").json())

@@ -50,11 +50,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     routing = {
         "local_timeout_ms": 5000,
         "breaker_failures": 100,
-        "roles": {"dev": {"targets": [{"model": BASE}, {"model": "smol-llama"}]}},
+        "roles": {
+            "dev": {"targets": [{"model": BASE}, {"model": "smol-llama"}]},
+            "ux": {"targets": [{"model": BASE, "adapter": "lora-beta"}]},
+            "director": {"targets": [{"model": "smol-llama"}]},
+        },
     }
+    councils = {"loras": {"agents": ["ux", "qa"], "agent_max_tokens": 12}}  # qa: lora-alpha, by its roles
     models = [vllm_model(), llama_model("smol-llama", n_ctx=2048)]
     tmp = tmp_path_factory.mktemp("vllm")
-    with run_server(tmp, models, routing=routing, memory_budget_mb=8000) as server:
+    with run_server(tmp, models, routing=routing, memory_budget_mb=8000, councils=councils) as server:
         yield server
 
 
@@ -167,6 +172,19 @@ def test_a_role_routes_to_its_adapter(served: Server) -> None:
     assert (explained["role"], explained["target"]) == ("qa", {"model": BASE, "adapter": "lora-alpha"})
     reply = chat(served, "auto", "покрой тестами модуль оплаты")
     assert (reply.headers["x-konsilium-role"], reply.headers["x-konsilium-model"]) == ("qa", "lora-alpha")
+
+
+def test_a_council_of_adapters_answers_at_once_on_one_vllm_server(served: Server) -> None:
+    reply = chat(served, "konsilium/loras", "Is MD5 fine for passwords?")
+    assert reply.status_code == 200, reply.text
+    report = reply.json()["konsilium"]
+    agents = [(a["role"], a["status"], a["model"], a.get("adapter")) for a in report["agents"]]
+    assert agents == [("ux", "ok", BASE, "lora-beta"), ("qa", "ok", BASE, "lora-alpha")]
+    ux, qa = report["agents"]
+    assert ux["started_ms"] < qa["started_ms"] + qa["latency_ms"]
+    assert qa["started_ms"] < ux["started_ms"] + ux["latency_ms"], "vLLM served both adapters' calls at once"
+    assert report["director"]["model"] == "smol-llama"
+    assert reply.headers["x-konsilium-agents"] == "ux=lora-beta,qa=lora-alpha"
 
 
 def test_vllm_killed_requests_fall_back_and_the_next_request_restarts_it(served: Server) -> None:

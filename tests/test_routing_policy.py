@@ -26,7 +26,7 @@ def test_order_is_the_chain_and_cloud_is_off_by_default() -> None:
         skipped=(Skipped("director", "cloud target; allow_external_api is off"),),
         reason="trigger:x",
     )
-    assert decide(allow_external=True).fallbacks == ("small", "ab", "director")
+    assert decide(cloud_refused="").fallbacks == ("small", "ab", "director")
 
 
 def test_explicit_model_goes_first() -> None:

@@ -12,7 +12,7 @@ depth, model state, memory, breakers) are read from the store and the router the
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -108,13 +108,26 @@ class Metrics(Collector):
             "konsilium_routing_decisions", "Routing decisions by role, how it was found and the prompt's language",
             ["role", "source", "language"],
         )  # fmt: skip
+        self.councils = CounterSeries("konsilium_council_requests", "Council requests, by council", ["council"])
+        self.council_calls = CounterSeries(
+            "konsilium_council_calls", "A council's calls (agent, ranking, verdict) by role and outcome",
+            ["council", "kind", "role", "status"],
+        )  # fmt: skip
+        self.verdict_duration = HistogramSeries(
+            "konsilium_council_verdict_seconds", "The Director's verdict, from its dispatch to its last token",
+            ["council"], LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.redactions = CounterSeries(
+            "konsilium_privacy_redactions", "Values replaced by placeholders before a cloud target, by type", ["type"]
+        )
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         for series in (
             self.requests, self.request_duration, self.ttft, self.tpot, self.tokens, self.queue_wait, self.loads,
-            self.load_duration, self.unloads, self.fallbacks, self.decisions,
+            self.load_duration, self.unloads, self.fallbacks, self.decisions, self.councils, self.council_calls,
+            self.verdict_duration, self.redactions,
         ):  # fmt: skip
             yield series.family()
 
@@ -147,6 +160,15 @@ class Metrics(Collector):
         self.tokens.inc((model, "output"), completion_tokens)
         if completion_tokens > 1:
             self.tpot.observe((model,), generating_s / (completion_tokens - 1))
+
+    def redacted(self, counts: Mapping[str, int]) -> None:
+        for kind, count in counts.items():
+            self.redactions.inc((kind,), count)
+
+    def council_call(self, council: str, kind: str, role: str, status: str, seconds: float) -> None:
+        self.council_calls.inc((council, kind, role, status))
+        if kind == "verdict" and status == "ok":
+            self.verdict_duration.observe((council,), seconds)
 
     def answered(self, model: str, role: str, status: int, stream: bool, seconds: float) -> None:
         flag = "true" if stream else "false"

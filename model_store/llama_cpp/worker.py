@@ -84,10 +84,14 @@ def serve(args: argparse.Namespace) -> int:
     from model_store.llama_cpp.generation import Generator
 
     channel = Channel()
+    threads = args.n_threads or os.cpu_count()
     llm = Llama(
         model_path=args.path,
         n_ctx=args.n_ctx,
-        n_threads=args.n_threads or os.cpu_count(),
+        n_threads=threads,
+        # the prompt's threads too (llama-cpp-python's default is every core): two workers of one
+        # thread each otherwise fight over the cores at every prefill
+        n_threads_batch=threads,
         n_batch=args.n_batch,
         n_gpu_layers=args.n_gpu_layers,
         logits_all=args.logits_all,

@@ -1,0 +1,240 @@
+"""`"model": "konsilium"` (or `konsilium/<name>`) on `/v1/chat/completions`: the council's door.
+
+The council's events (routing/council) become one chat completion. Streaming: the agents'
+answers as `reasoning_content` deltas while they arrive, one labelled block per agent
+(council_text.py), then the Director's answer as `content`, its finish chunk carrying the
+`konsilium` report, then usage (every call's, summed) when asked for, then `[DONE]`; SSE
+comments keep the connection alive while nothing is written. Non-streaming: the verdict in
+`message.content`, the agents' blocks in `message.reasoning_content`, `konsilium` beside
+`choices`. The Director's own events are framed by the ordinary `ChatResponder`.
+
+Headers go out before the body, so a stream's name the council and its seats; a non-streaming
+answer's name who answered as well (`x-konsilium-director`, `x-konsilium-agents`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from gateway import observe
+from gateway import protocol as p
+from gateway.council_text import Lanes, ending, heading
+from gateway.errors import error_object, to_gateway_error
+from gateway.framing import ChatResponder, completion_usage
+from gateway.routed import route_request
+from gateway.services import Services
+from gateway.sse import DONE, frame, paced, unless_disconnected
+from konsilium.config import DEFAULT_COUNCIL, Config, CouncilConfig
+from konsilium.errors import ModelNotFoundError
+from model_store.types import Finish, GenerationRequest, TextDelta, ToolCallDelta
+from routing.council.reports import (
+    AgentDone,
+    AgentOpened,
+    AgentText,
+    CallReport,
+    CouncilDone,
+    CouncilEvent,
+    CouncilSummary,
+    Ranked,
+)
+
+PREFIX = "konsilium"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+AnyRequest = Request[Any, Any, Any]
+
+
+def council_name(model: str) -> str | None:
+    """The council a `model` names: `konsilium` is the default one, `konsilium/<name>` another."""
+    if model == PREFIX:
+        return DEFAULT_COUNCIL
+    name = model.removeprefix(f"{PREFIX}/")
+    return name if name != model else None
+
+
+async def respond(
+    request: AnyRequest, body: p.ChatCompletionRequest, generation: GenerationRequest, name: str, request_id: str
+) -> Response[bytes] | Stream:
+    services: Services = request.app.state.services
+    council = _council(services.config, name, body.model)
+    record = observe.current()
+    record.role = "council"
+    route = route_request(request.headers, body.model, services.config.routing.ab_fraction)
+    events = services.council.convene(name, council, generation, route)
+    chat = ChatResponder(body.model, logprobs=bool(body.logprobs))
+    headers = {
+        "x-request-id": request_id,
+        "x-konsilium-council": name,
+        "x-konsilium-agents": ",".join(s.role for s in council.seats()),
+    }
+    if not body.stream:
+        collected = await unless_disconnected(request.receive, _collect(events))
+        summary = _summary(collected)
+        _record(summary)
+        return Response(
+            content=p.encoder.encode(_assemble(chat, collected, summary)),
+            media_type="application/json",
+            headers={**headers, **_answered_headers(summary)},
+        )
+    try:  # until one agent answers: a council that cannot start is an HTTP error, not a stream
+        opening = await unless_disconnected(request.receive, _opening(events))
+    except BaseException:
+        await events.aclose()
+        raise
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    stream = _sse(chat, opening, events, include_usage=include_usage)
+    return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+
+def _council(config: Config, name: str, model: str) -> CouncilConfig:
+    council = config.council(name)
+    if council is None:
+        known = ", ".join(["konsilium", *(f"{PREFIX}/{n}" for n in config.councils if n != DEFAULT_COUNCIL)])
+        raise ModelNotFoundError(f"The model {model!r} does not exist: no council {name!r} ({known}).", param="model")
+    return council
+
+
+async def _opening(events: AsyncGenerator[CouncilEvent, None]) -> list[CouncilEvent]:
+    """The council's events up to the first agent's first token (agents that failed before it
+    included); it raises when no agent answers."""
+    opening: list[CouncilEvent] = []
+    async for event in events:
+        opening.append(event)
+        if not isinstance(event, AgentDone):
+            break
+    return opening
+
+
+async def _collect(events: AsyncGenerator[CouncilEvent, None]) -> list[CouncilEvent]:
+    try:
+        return [event async for event in events]
+    finally:
+        await events.aclose()
+
+
+def _summary(events: Sequence[CouncilEvent]) -> CouncilSummary:
+    done = events[-1]
+    assert isinstance(done, CouncilDone), "a council that ends without failing ends with CouncilDone"
+    return done.summary
+
+
+def _record(summary: CouncilSummary) -> None:
+    record = observe.current()
+    record.model = summary.director.model or ""
+    record.prompt_tokens, record.completion_tokens = summary.usage.prompt_tokens, summary.usage.completion_tokens
+
+
+def _assemble(chat: ChatResponder, events: Sequence[CouncilEvent], summary: CouncilSummary) -> p.ChatCompletion:
+    """Agents' blocks in seat order (the whole answers are known), then the Director's answer."""
+    opened = {e.role: e for e in events if isinstance(e, AgentOpened)}
+    blocks = [_block(e, opened.get(e.report.role)) for e in events if isinstance(e, AgentDone)]
+    order = {r.role: i for i, r in enumerate(summary.agents)}
+    blocks.sort(key=lambda block: order[block[0]])
+    ranked = next((e for e in events if isinstance(e, Ranked)), None)
+    verdict = [e for e in events if isinstance(e, TextDelta | ToolCallDelta | Finish)]
+    completion = chat.assemble(verdict)
+    completion.choices[0].message.reasoning_content = "".join(b for _, b in blocks) + _ranking_block(ranked)
+    completion.usage = completion_usage(summary.usage)
+    completion.konsilium = report(summary)
+    return completion
+
+
+def _block(done: AgentDone, opened: AgentOpened | None) -> tuple[str, str]:
+    role = done.report.role
+    head = heading(role, opened.model, opened.adapter) if opened else f"### {role}"
+    return role, head + done.text + ending(done.report)
+
+
+def _ranking_block(ranked: Ranked | None) -> str:
+    if ranked is None or not ranked.ranking:
+        return ""
+    return f"### ranking\n\n{', '.join(ranked.ranking)}\n\n"
+
+
+async def _sse(
+    chat: ChatResponder,
+    opening: Sequence[CouncilEvent],
+    events: AsyncGenerator[CouncilEvent, None],
+    *,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    lanes = Lanes()
+    finish: Finish | None = None
+    yield frame(chat.first())
+    try:
+        async for event in _chained(opening, paced(events, "the council is thinking")):
+            if isinstance(event, bytes):
+                yield event
+            elif isinstance(event, CouncilDone):
+                assert finish is not None, "the Director finished before the council did"
+                _record(event.summary)
+                last = chat.chunk(finish)
+                last.konsilium = report(event.summary)
+                yield frame(last)
+                if include_usage:
+                    yield frame(chat.usage_chunk(event.summary.usage))
+            elif isinstance(event, Finish):
+                finish = event  # sent with the council's report, once every call is counted
+            elif isinstance(event, TextDelta | ToolCallDelta):
+                yield frame(chat.chunk(event))
+            elif text := _reasoning(lanes, event):
+                yield frame(chat.reasoning_chunk(text))
+    except Exception as exc:  # after the first byte every failure becomes an error frame
+        yield frame(error_object(to_gateway_error(exc)))
+    yield DONE
+
+
+async def _chained(
+    opening: Sequence[CouncilEvent], rest: AsyncIterator[CouncilEvent | bytes]
+) -> AsyncIterator[CouncilEvent | bytes]:
+    for event in opening:
+        yield event
+    async for item in rest:
+        yield item
+
+
+def _reasoning(lanes: Lanes, event: CouncilEvent) -> str:
+    if isinstance(event, AgentOpened):
+        return lanes.opened(event)
+    if isinstance(event, AgentText):
+        return lanes.text(event.role, event.text)
+    if isinstance(event, AgentDone):
+        return lanes.done(event)
+    if isinstance(event, Ranked):
+        return _ranking_block(event)
+    return ""  # VerdictOpened: the Director's text follows as content
+
+
+def report(summary: CouncilSummary) -> p.CouncilReport:
+    return p.CouncilReport(
+        council=summary.council,
+        agents=[_call(r) for r in summary.agents],
+        director=_call(summary.director),
+        ranking=list(summary.ranking),
+        rankers=[_call(r) for r in summary.rankers],
+    )
+
+
+def _call(r: CallReport) -> p.CouncilCall:
+    fields = msgspec.structs.asdict(r) | {
+        "usage": None if r.usage is None else completion_usage(r.usage),
+        "fallbacks": list(r.fallbacks),
+    }
+    return p.CouncilCall(**fields)
+
+
+def _answered_headers(summary: CouncilSummary) -> Mapping[str, str]:
+    director = summary.director
+    agents = ",".join(
+        f"{r.role}={r.adapter or r.model}" if r.status == "ok" else f"{r.role}={r.status}" for r in summary.agents
+    )
+    return {
+        "x-konsilium-model": director.adapter or director.model or "",
+        "x-konsilium-director": director.adapter or director.model or "",
+        "x-konsilium-fallbacks": ",".join(director.fallbacks),
+        "x-konsilium-agents": agents,
+    }
