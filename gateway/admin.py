@@ -17,6 +17,7 @@ from litestar.params import FromPath
 from gateway import convert
 from gateway import protocol as p
 from gateway.completions import decode
+from gateway.council import council_name
 from gateway.models import json_response, model_status, services_of
 from gateway.peer import ip_of
 from gateway.routed import explain, route_request
@@ -99,5 +100,13 @@ async def admin_route(request: AnyRequest) -> Response[bytes]:
     services = services_of(request)
     body = await decode(request, p.chat_request_decoder)
     route = route_request(request.headers, body.model, ab_fraction=0.0)
-    role, decision = await services.dispatcher.explain(convert.chat_request(body), route)
-    return json_response(explain(role, decision, services.config.addressable()))
+    generation = convert.chat_request(body)
+    addressable = services.config.addressable()
+    name = None if services.store.knows(body.model) else council_name(body.model)
+    council = None if name is None else services.config.council(name)
+    if name is not None and council is not None:  # each seat's call and the Director's
+        calls = await services.council.explain(council, generation, route)
+        seats = [{"seat": seat, **explain(role, decision, addressable)} for seat, role, decision in calls]
+        return json_response({"council": name, "agents": seats[:-1], "director": seats[-1]})
+    role, decision = await services.dispatcher.explain(generation, route)
+    return json_response(explain(role, decision, addressable))

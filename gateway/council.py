@@ -28,7 +28,7 @@ from gateway.errors import error_object, to_gateway_error
 from gateway.framing import ChatResponder, completion_usage
 from gateway.routed import route_request
 from gateway.services import Services
-from gateway.sse import DONE, frame, paced, unless_disconnected
+from gateway.sse import DONE, ended_early, frame, paced, unless_disconnected
 from konsilium.config import DEFAULT_COUNCIL, Config, CouncilConfig
 from konsilium.errors import ModelNotFoundError
 from model_store.types import Finish, GenerationRequest, TextDelta, ToolCallDelta
@@ -165,12 +165,14 @@ async def _sse(
     lanes = Lanes()
     finish: Finish | None = None
     yield frame(chat.first())
+    council = _chained(opening, paced(events, "the council is thinking"))
     try:
-        async for event in _chained(opening, paced(events, "the council is thinking")):
+        async for event in council:
             if isinstance(event, bytes):
                 yield event
             elif isinstance(event, CouncilDone):
-                assert finish is not None, "the Director finished before the council did"
+                if finish is None:
+                    raise ended_early()
                 _record(event.summary)
                 last = chat.chunk(finish)
                 last.konsilium = report(event.summary)
@@ -185,16 +187,21 @@ async def _sse(
                 yield frame(chat.reasoning_chunk(text))
     except Exception as exc:  # after the first byte every failure becomes an error frame
         yield frame(error_object(to_gateway_error(exc)))
+    finally:  # a client that left: the council's calls are cancelled now, not when collected
+        await council.aclose()
     yield DONE
 
 
 async def _chained(
-    opening: Sequence[CouncilEvent], rest: AsyncIterator[CouncilEvent | bytes]
-) -> AsyncIterator[CouncilEvent | bytes]:
-    for event in opening:
-        yield event
-    async for item in rest:
-        yield item
+    opening: Sequence[CouncilEvent], rest: AsyncGenerator[CouncilEvent | bytes, None]
+) -> AsyncGenerator[CouncilEvent | bytes, None]:
+    try:
+        for event in opening:
+            yield event
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()
 
 
 def _reasoning(lanes: Lanes, event: CouncilEvent) -> str:

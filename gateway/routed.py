@@ -14,12 +14,10 @@ from urllib.parse import quote
 from konsilium.errors import InvalidRequestError
 from konsilium.manifest import Adapter, Manifest
 from routing.dispatch import Dispatched
-from routing.policy import RouteDecision
+from routing.policy import CONSENT_HEADER, RouteDecision
 from routing.requests import RouteRequest
 from routing.roles import RoleDecision
 from routing.router import TIER_ORDER
-
-CONSENT_HEADER = "x-konsilium-cloud-consent"
 
 
 def route_request(headers: Mapping[str, str], model: str, ab_fraction: float) -> RouteRequest:

@@ -76,7 +76,7 @@ async def sse_stream(
     yield DONE
 
 
-async def paced(events: AsyncGenerator[T, None], note: str) -> AsyncIterator[T | bytes]:
+async def paced(events: AsyncGenerator[T, None], note: str) -> AsyncGenerator[T | bytes, None]:
     """`events`, with an SSE comment (`note`) whenever none comes for `HEARTBEAT_S`: a stream whose
     next event may be far off (a council's agents thinking) keeps clients and proxies waiting.
     Each event is awaited in a task; leaving early cancels a pending one (its cancellation unwinds

@@ -256,12 +256,28 @@ def resolve_config(config: Config, *, source: str, base_dir: Path) -> Config:
                 problems.append(f"{where}.model: unknown model {target.model!r}")
             elif target.adapter is not None and target.adapter not in adapters[target.model]:
                 problems.append(f"{where}.adapter: {target.model!r} declares no adapter {target.adapter!r}")
+    problems += _seat_problems(config, source, {m.id for m in resolved if m.is_cloud})
     if problems:
         raise ConfigError(problems)
     routing = config.routing
     if routing.rules is not None:
         routing = msgspec.structs.replace(routing, rules=str((base_dir / routing.rules).resolve()))
     return msgspec.structs.replace(config, models=resolved, routing=routing)
+
+
+def _seat_problems(config: Config, source: str, cloud: set[str]) -> list[str]:
+    """A council agent answers locally: a seat whose role's chain holds only cloud targets
+    would fail every request."""
+    problems = []
+    for name, council in config.councils.items():
+        for seat in council.seats():
+            targets = config.routing.roles.get(seat.role, RoleRoute()).targets
+            if targets and all(t.model in cloud for t in targets):
+                problems.append(
+                    f"{source}: councils.{name}.agents: {seat.role}'s chain (routing.roles.{seat.role}.targets) "
+                    "has only cloud targets, and council agents answer locally"
+                )
+    return problems
 
 
 def read_manifest_dir(directory: Path) -> tuple[list[tuple[str, Path, Manifest]], list[str]]:

@@ -86,6 +86,12 @@ class PermissionDeniedError(InvalidRequestError):
     default_code = "permission_denied"
 
 
+class CloudConsentRequiredError(PermissionDeniedError):
+    """Only a cloud target could answer, and the request did not allow one."""
+
+    default_code = "cloud_consent_required"
+
+
 class ConflictError(InvalidRequestError):
     """The request contradicts the current state (unloading a model that is serving requests)."""
 

@@ -25,11 +25,16 @@ from typing import Protocol
 
 import msgspec
 
-from konsilium.errors import ContextLengthExceededError, GatewayError, ModelNotFoundError
+from konsilium.errors import (
+    CloudConsentRequiredError,
+    ContextLengthExceededError,
+    GatewayError,
+    ModelNotFoundError,
+)
 from model_store.store import ModelStore, Notice, StoreEvent
 from model_store.types import Finish, GenerationRequest, TextDelta
 from model_store.views import ModelView
-from routing.policy import CHARS_PER_TOKEN, RouteDecision, TargetState
+from routing.policy import CHARS_PER_TOKEN, CONSENT_HEADER, NO_CONSENT, RouteDecision, TargetState
 from routing.privacy import Scrubber
 from routing.privacy.stream import restored, scrub_request
 from routing.requests import Prompt, RouteRequest, estimated_tokens, prompt_of
@@ -137,6 +142,11 @@ class Dispatcher:
         role, decision = await self.explain(generation, route)
         if decision.target is None:
             why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
+            if decision.skipped and all(s.why == NO_CONSENT for s in decision.skipped):
+                raise CloudConsentRequiredError(
+                    f"Only a cloud target can answer and the request has no consent ({CONSENT_HEADER}: 1): {why}",
+                    param=CONSENT_HEADER,
+                )
             if decision.too_long:
                 raise ContextLengthExceededError(
                     f"The prompt is too long for every model that could answer: {why}",

@@ -31,7 +31,8 @@ import msgspec
 from routing.rules import AgentRole
 
 CLOUD_OFF = "cloud target; allow_external_api is off"
-NO_CONSENT = "cloud target; no consent (x-konsilium-cloud-consent)"
+CONSENT_HEADER = "x-konsilium-cloud-consent"
+NO_CONSENT = f"cloud target; no consent ({CONSENT_HEADER})"
 LOCAL_ONLY = "cloud target; council agents answer locally"
 
 

@@ -368,3 +368,47 @@ async def test_councils_are_listed_as_models_for_an_ide_picker() -> None:
         "konsilium/review",
         "konsilium",
     )
+
+
+async def test_a_request_only_a_cloud_target_could_answer_needs_consent() -> None:
+    config = settings()
+    config["routing"].roles["director"] = RoleRoute(targets=[TargetRef(model="cloud")])
+    async with serving(backends(), **config) as (client, _):
+        refused = await client.post("/v1/chat/completions", json={**ask(), "model": "role:director"})
+    assert refused.status_code == 403
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("cloud_consent_required", "x-konsilium-cloud-consent")
+    assert error["message"] == (
+        "Only a cloud target can answer and the request has no consent (x-konsilium-cloud-consent: 1): "
+        "cloud: cloud target; no consent (x-konsilium-cloud-consent)"
+    )
+
+
+def test_a_seat_whose_chain_is_only_cloud_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "k.yaml"
+    config = {
+        "models": [{"id": "c", "format": "remote", "url": "http://127.0.0.1:9/v1", "cloud": True}],
+        "routing": {"roles": {"dev": {"targets": [{"model": "c"}]}}},
+        "councils": {"default": {"agents": ["dev"]}},
+    }
+    path.write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        f"{path}: councils.default.agents: dev's chain (routing.roles.dev.targets) has only cloud targets, "
+        "and council agents answer locally"
+    ]
+
+
+async def test_the_admin_route_explains_where_each_council_call_would_go() -> None:
+    async with serving(backends(), **settings()) as (client, _):
+        explained = (await client.post("/admin/route", json=ask())).json()
+        consented = (await client.post("/admin/route", json=ask(), headers=CONSENT)).json()
+    assert explained["council"] == "default"
+    assert [(a["seat"], a["role"], a["target"]["model"]) for a in explained["agents"]] == [
+        ("dev", "dev", "a"), ("security", "security", "b"), ("qa", "qa", "c")
+    ]  # fmt: skip
+    director = explained["director"]
+    assert (director["role"], director["target"]["model"]) == ("director", "d")
+    assert director["skipped"] == [{"target": "cloud", "why": "cloud target; no consent (x-konsilium-cloud-consent)"}]
+    assert consented["director"]["target"]["model"] == "cloud"

@@ -8,7 +8,17 @@ from collections.abc import AsyncGenerator, Sequence
 from gateway.council_text import Lanes
 from konsilium.config import AgentSeat
 from model_store.store import StoreEvent
-from model_store.types import Finish, GenerationRequest, JsonOutput, Message, TextDelta, ToolCall, ToolCallDelta, Usage
+from model_store.types import (
+    Finish,
+    GenerationRequest,
+    JsonOutput,
+    Message,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    Usage,
+)
 from routing.council import prompts
 from routing.council.ranking import combine, labels, parse_ranking
 from routing.council.reports import AgentDone, AgentOpened, CallReport
@@ -51,6 +61,7 @@ def test_a_ranking_is_parsed_leniently_and_combined_by_mean_position() -> None:
     assert known == ["A", "B", "C"]
     assert parse_ranking('{"ranking": ["C", "A"]}', known) == ["C", "A", "B"]
     assert parse_ranking('{"ranking": ["C", "C", "Z", "B"]}', known) == ["C", "B", "A"]
+    assert parse_ranking('{"ranking": [["A"], {"x": 1}, 7, "B"]}', known) == ["B", "A", "C"], "junk labels dropped"
     assert parse_ranking("C is best", known) is None
     assert parse_ranking('{"ranking": "C"}', known) is None
     assert parse_ranking('["C"]', known) is None
@@ -121,13 +132,39 @@ async def test_a_cloud_request_is_scrubbed_everywhere_and_its_stream_restored_ac
     done = Finish(reason="stop", usage=Usage(1, 1))
     scrubbed, out = await _restored(
         request,
-        [TextDelta(text="Sent to <EM"), TextDelta(text="AIL_1"), ToolCallDelta(index=0, arguments='{"to": "<EMAIL'),
-         ToolCallDelta(index=1, arguments="{}", id="c2", name="log"), TextDelta(text="> ok <EMAIL_"), done],
+        [TextDelta(text="Sent to <EM"), TextDelta(text="AIL_1> and <EMA"),
+         ToolCallDelta(index=0, arguments='{"to": "<EMAIL'), ToolCallDelta(index=0, arguments='_1>"}'),
+         ToolCallDelta(index=1, arguments="{}", id="c2", name="log"),
+         TextDelta(text=" ok <EMAIL_"), done],
     )  # fmt: skip
     assert scrubbed.messages[0].content == "Mail <EMAIL_1>"
     assert scrubbed.messages[1].tool_calls[0].arguments == '{"to": "<EMAIL_1>"}'
     text = "".join(e.text for e in out if isinstance(e, TextDelta))
-    assert text == f"Sent to {email} ok <EMAIL_", "an unfinished placeholder is released as it came"
+    assert text == f"Sent to {email} and <EMA ok <EMAIL_", "an unfinished placeholder goes out as it came"
+    assert isinstance(out[2], TextDelta), "text held before a tool call goes out before it"
     calls = [(e.index, e.arguments) for e in out if isinstance(e, ToolCallDelta)]
-    assert "".join(a for i, a in calls if i == 0) == '{"to": "<EMAIL'
+    assert "".join(a for i, a in calls if i == 0) == f'{{"to": "{email}"}}'
     assert out[-1] == done
+
+
+def test_every_string_a_cloud_model_reads_is_scrubbed_but_names_it_must_answer_with() -> None:
+    vault = Scrubber(["Falcon"]).vault()
+    schema = {"type": "object", "properties": {"host": {"enum": ["falcon", "db"], "description": "Falcon or db"}}}
+    request = GenerationRequest(
+        kind="chat",
+        messages=(Message(role="user", content="hi", name="Falcon"),),
+        stop=("Falcon",),
+        tools=(ToolSpec(name="Falcon", description="Deploy Falcon", parameters=schema),),
+        json_output=JsonOutput(schema={"enum": ["Falcon"]}),
+    )
+    scrubbed = scrub_request(vault, request)
+    assert scrubbed.messages[0].name == "<DENYLIST_1>"
+    assert scrubbed.stop == ("<DENYLIST_1>",)
+    tool = scrubbed.tools[0]
+    assert (tool.name, tool.description) == ("Falcon", "Deploy <DENYLIST_1>"), "a tool's name is what the call must say"
+    assert tool.parameters == {
+        "type": "object",
+        "properties": {"host": {"enum": ["<DENYLIST_2>", "db"], "description": "<DENYLIST_1> or db"}},
+    }
+    assert scrubbed.json_output == JsonOutput(schema={"enum": ["<DENYLIST_1>"]})
+    assert schema["properties"]["host"]["enum"] == ["falcon", "db"], "the client's schema is left as it was"  # type: ignore[index]

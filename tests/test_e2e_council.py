@@ -10,6 +10,7 @@ chunks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,6 +79,7 @@ def served(cloud: CloudDirectorDouble, tmp_path_factory: pytest.TempPathFactory)
         "default": {"agents": ["dev", "security"], "agent_max_tokens": 24},
         "review": {"agents": ["dev", {"role": "qa", "deadline_ms": 1}, "ux"], "agent_max_tokens": 24},
         "broken": {"agents": ["ux", "seo"]},
+        "long": {"agents": ["dev", "security", "qa"], "agent_max_tokens": 1000},
     }
     settings = {
         "allow_external_api": True,
@@ -221,3 +223,24 @@ def test_every_agent_failing_is_an_openai_error_naming_each(sdk: openai.OpenAI) 
     assert body["code"] == "all_targets_failed" or body["error"]["code"] == "all_targets_failed"
     assert "ux: model_unavailable" in str(body)
     assert "seo: model_unavailable" in str(body)
+
+
+async def test_a_client_that_leaves_mid_council_frees_every_slot(served: Server) -> None:
+    essay = [{"role": "user", "content": "Write a long, detailed essay on password hashing, with examples."}]
+    body = {"model": "konsilium/long", "messages": essay, "stream": True, "max_tokens": 1000}
+    async with (
+        httpx.AsyncClient(timeout=120) as http,
+        http.stream("POST", f"{served.v1}/chat/completions", json=body) as stream,
+    ):
+        async for line in stream.aiter_lines():
+            if "reasoning_content" in line:
+                break  # an agent is writing; qa waits in smol-a's queue behind dev
+        busy = [served.model_state(m) for m in ("smol-a", "smol-b")]
+        assert [m["in_flight"] for m in busy] == [1, 1]
+        assert busy[0]["queued"] == 1
+    for _ in range(100):  # the client is gone: every agent's call is cancelled, queued or generating
+        states = [served.model_state(m) for m in ("smol-a", "smol-b")]
+        if all(s["in_flight"] == 0 and s["queued"] == 0 for s in states):
+            break
+        await asyncio.sleep(0.1)
+    assert [(s["in_flight"], s["queued"]) for s in states] == [(0, 0), (0, 0)]

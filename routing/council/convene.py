@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 
 import msgspec
 
@@ -50,7 +51,9 @@ from routing.council.reports import (
     total_usage,
 )
 from routing.dispatch import Dispatched, Dispatcher
+from routing.policy import RouteDecision
 from routing.requests import RouteRequest
+from routing.roles import RoleDecision
 from routing.router import Attempt, all_failed
 
 log = logging.getLogger(__name__)
@@ -75,14 +78,28 @@ class Council:
     ) -> AsyncGenerator[CouncilEvent, None]:
         self._observer.convened(name)
         run = _Run(self, name, council, generation, route)
-        async for event in run.agents():
-            yield event
+        async with aclosing(run.agents()) as agents:  # closed when we are: no agent outlives us
+            async for event in agents:
+                yield event
         answers = run.answers()
         ranked = await run.rank(answers) if council.ranking != "off" and len(answers) > 1 else None
         if ranked is not None:
             yield ranked
-        async for event in run.verdict(answers, ranked):
-            yield event
+        async with aclosing(run.verdict(answers, ranked)) as verdict:
+            async for event in verdict:
+                yield event
+
+    async def explain(
+        self, council: CouncilConfig, generation: GenerationRequest, route: RouteRequest
+    ) -> list[tuple[str, RoleDecision, RouteDecision]]:
+        """Where each seat's call and the Director's would go now, without generating: the
+        dispatcher's `explain` of the very requests a council sends (the verdict's without answers)."""
+        run = _Run(self, "", council, generation, route)
+        calls: list[tuple[str, GenerationRequest, RouteRequest]] = [
+            (s.role, prompts.agent_request(generation, s), run.agent_route(s.role)) for s in run.seats
+        ]
+        calls.append(("director", prompts.director_request(generation, []), run.director_route()))
+        return [(seat, *await self._dispatcher.explain(request, to)) for seat, request, to in calls]
 
     def now(self) -> float:
         return self._clock()
@@ -162,23 +179,19 @@ class _Run:
                 request = prompts.agent_request(self.generation, seat)
                 dispatched = await self.council.call(watch, request, self.agent_route(seat.role))
                 out.put_nowait(AgentOpened(seat.role, dispatched.model, dispatched.adapter))
-                async for event in _events(dispatched):
-                    if isinstance(event, TextDelta) and event.text:
-                        text.append(event.text)
-                        out.put_nowait(AgentText(seat.role, event.text))
-                    elif isinstance(event, Finish):
-                        usage = event.usage
-        except TimeoutError:
-            timeout = True
-            error = BackendTimeoutError(f"agent {seat.role} missed its deadline of {seat.deadline_ms:g} ms")
-        except GatewayError as exc:
-            error = exc
+                async with aclosing(_events(dispatched)) as events:
+                    async for event in events:
+                        if isinstance(event, TextDelta) and event.text:
+                            text.append(event.text)
+                            out.put_nowait(AgentText(seat.role, event.text))
+                        elif isinstance(event, Finish):
+                            usage = event.usage
         except asyncio.CancelledError:  # the request ended (the client left): the span still ends
             watch.done(self.report(seat.role, started, dispatched, error=LEFT))
             raise
-        except Exception as exc:  # a bug: reported as this agent's failure, the council goes on
-            log.exception("council agent %s failed", seat.role)
-            error = InternalError(f"agent {seat.role} failed: {type(exc).__name__}")
+        except Exception as exc:
+            late = BackendTimeoutError(f"agent {seat.role} missed its deadline of {seat.deadline_ms:g} ms")
+            error, timeout = _failure(exc, late, seat.role)
         report = self.report(seat.role, started, dispatched, usage, error, timeout)
         if error is not None:
             self.errors[seat.role] = error
@@ -220,11 +233,14 @@ class _Run:
         try:
             async with asyncio.timeout(self.config.agent_deadline_ms / 1000):
                 dispatched = await self.council.call(watch, request, route)
-                events = [e async for e in _events(dispatched)]
-        except TimeoutError:
-            report = self.report(role, started, dispatched, error=RANKING_LATE, timeout=True)
-        except GatewayError as exc:
-            report = self.report(role, started, dispatched, error=exc)
+                async with aclosing(_events(dispatched)) as answer:
+                    events = [e async for e in answer]
+        except asyncio.CancelledError:
+            watch.done(self.report(role, started, dispatched, error=LEFT))
+            raise
+        except Exception as exc:
+            error, timeout = _failure(exc, RANKING_LATE, f"{role} (ranking)")
+            report = self.report(role, started, dispatched, error=error, timeout=timeout)
         else:
             usage = next((e.usage for e in events if isinstance(e, Finish)), None)
             report = self.report(role, started, dispatched, usage)
@@ -249,15 +265,16 @@ class _Run:
         try:
             dispatched = await self.council.call(watch, request, self.director_route())
             yield VerdictOpened(dispatched.model, dispatched.adapter, tuple(a.target for a in dispatched.failed))
-            async for event in _events(dispatched):
-                if isinstance(event, Finish):
-                    usage = event.usage
-                yield event
-        except GatewayError as exc:
-            watch.done(self.report("director", started, dispatched, error=exc))
-            raise
+            async with aclosing(_events(dispatched)) as events:
+                async for event in events:
+                    if isinstance(event, Finish):
+                        usage = event.usage
+                    yield event
         except (asyncio.CancelledError, GeneratorExit):
             watch.done(self.report("director", started, dispatched, error=LEFT))
+            raise
+        except Exception as exc:
+            watch.done(self.report("director", started, dispatched, error=_failure(exc, LEFT, "director")[0]))
             raise
         director = self.report("director", started, dispatched, usage)
         watch.done(director)
@@ -273,6 +290,17 @@ class _Run:
             ranking=ranked.ranking if ranked else (),
             rankers=self.rankers,
         )
+
+
+def _failure(exc: Exception, late: GatewayError, who: str) -> tuple[GatewayError, bool]:
+    """What a call's exception says of it: (the error to report, whether it was its deadline).
+    A bug is reported as that call's failure, and the council goes on."""
+    if isinstance(exc, TimeoutError):
+        return late, True
+    if isinstance(exc, GatewayError):
+        return exc, False
+    log.exception("council call %s failed", who)
+    return InternalError(f"the call of {who} failed: {type(exc).__name__}"), False
 
 
 async def _events(dispatched: Dispatched) -> AsyncGenerator[Event, None]:

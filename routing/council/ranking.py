@@ -23,7 +23,7 @@ def parse_ranking(text: str, known: Sequence[str]) -> list[str] | None:
         return None
     if not isinstance(given, list):
         return None
-    ordered = [label for label in dict.fromkeys(given) if isinstance(label, str) and label in known]
+    ordered = list(dict.fromkeys(label for label in given if isinstance(label, str) and label in known))
     if not ordered:
         return None
     return ordered + [label for label in known if label not in ordered]
