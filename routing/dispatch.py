@@ -127,32 +127,26 @@ class Dispatcher:
         self._observer = observer or NoDispatchObserver()
         self._clock = clock
 
-    async def explain(self, generation: GenerationRequest, route: RouteRequest) -> tuple[RoleDecision, RouteDecision]:
-        """The routing decision for this request in the current state, without generating."""
+    async def explain(
+        self, generation: GenerationRequest, route: RouteRequest, *, quiet: bool = False
+    ) -> tuple[RoleDecision, RouteDecision]:
+        """The routing decision for this request in the current state, without generating.
+        `quiet`: a look ahead (the council's, before its fan-out), neither counted nor traced."""
         explicit = self._store.knows(route.model)
         if not explicit and not self._router.routes(route.model):
             raise ModelNotFoundError(f"The model {route.model!r} does not exist.", param="model")
         prompt = prompt_of(generation)
         started = time.time_ns()
-        role, decision = self._router.decide(await self.facts(generation, prompt), route, prompt, explicit=explicit)
-        self._observer.routed(started, role, decision)
+        facts = await self.facts(generation, prompt)
+        role, decision = self._router.decide(facts, route, prompt, explicit=explicit, quiet=quiet)
+        if not quiet:
+            self._observer.routed(started, role, decision)
         return role, decision
 
     async def dispatch(self, generation: GenerationRequest, route: RouteRequest) -> Dispatched:
         role, decision = await self.explain(generation, route)
-        if decision.target is None:
-            why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
-            if decision.skipped and all(s.why == NO_CONSENT for s in decision.skipped):
-                raise CloudConsentRequiredError(
-                    f"Only a cloud target can answer and the request has no consent ({CONSENT_HEADER}: 1): {why}",
-                    param=CONSENT_HEADER,
-                )
-            if decision.too_long:
-                raise ContextLengthExceededError(
-                    f"The prompt is too long for every model that could answer: {why}",
-                    param="messages" if generation.kind == "chat" else "prompt",
-                )
-            raise AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
+        if (refused := unservable(decision, generation)) is not None:
+            raise refused
 
         def attempt(target: str) -> AsyncGenerator[StoreEvent, None]:
             request = with_defaults(generation, self._router.target_defaults(role.role, target))
@@ -233,6 +227,24 @@ class Dispatcher:
         finally:
             watch.end()
             await events.aclose()
+
+
+def unservable(decision: RouteDecision, generation: GenerationRequest) -> GatewayError | None:
+    """Why no target can take this request (None: one can)."""
+    if decision.target is not None:
+        return None
+    why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
+    if decision.skipped and all(s.why == NO_CONSENT for s in decision.skipped):
+        return CloudConsentRequiredError(
+            f"Only a cloud target can answer and the request has no consent ({CONSENT_HEADER}: 1): {why}",
+            param=CONSENT_HEADER,
+        )
+    if decision.too_long:
+        return ContextLengthExceededError(
+            f"The prompt is too long for every model that could answer: {why}",
+            param="messages" if generation.kind == "chat" else "prompt",
+        )
+    return AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
 
 
 def _target(name: str, view: ModelView, resident: bool) -> TargetState:

@@ -114,9 +114,16 @@ class Router:
 
     # ---- deciding (no awaits) ----------------------------------------------------------------
     def decide(
-        self, facts: Mapping[str, TargetState], route: RouteRequest, prompt: Prompt, *, explicit: bool
+        self,
+        facts: Mapping[str, TargetState],
+        route: RouteRequest,
+        prompt: Prompt,
+        *,
+        explicit: bool,
+        quiet: bool = False,
     ) -> tuple[RoleDecision, RouteDecision]:
-        """`explicit`: `route.model` names a model or an adapter (it goes first)."""
+        """`explicit`: `route.model` names a model or an adapter (it goes first). `quiet`: a
+        look ahead, not a request's decision (not counted)."""
         role = resolve_role(
             self.rules,
             self.index,
@@ -125,7 +132,8 @@ class Router:
             user_text=prompt.user_text,
             system_text=prompt.system_text,
         )
-        self._observer.decided(role.role, role.source, role.language)
+        if not quiet:
+            self._observer.decided(role.role, role.source, role.language)
         configured = self._routing.roles.get(role.role)
         budget = route.latency_budget_ms
         if budget is None and configured is not None:

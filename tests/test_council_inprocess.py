@@ -373,8 +373,12 @@ async def test_councils_are_listed_as_models_for_an_ide_picker() -> None:
 async def test_a_request_only_a_cloud_target_could_answer_needs_consent() -> None:
     config = settings()
     config["routing"].roles["director"] = RoleRoute(targets=[TargetRef(model="cloud")])
-    async with serving(backends(), **config) as (client, _):
+    models = backends()
+    async with serving(models, **config) as (client, _):
         refused = await client.post("/v1/chat/completions", json={**ask(), "model": "role:director"})
+        council = await client.post("/v1/chat/completions", json=ask(stream=True))
+    assert (council.status_code, council.json()["error"]["code"]) == (403, "cloud_consent_required")
+    assert all(not models[m].requests for m in AGENTS.values()), "no agent ran for a verdict that cannot come"
     assert refused.status_code == 403
     error = refused.json()["error"]
     assert (error["code"], error["param"]) == ("cloud_consent_required", "x-konsilium-cloud-consent")

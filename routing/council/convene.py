@@ -50,7 +50,7 @@ from routing.council.reports import (
     VerdictOpened,
     total_usage,
 )
-from routing.dispatch import Dispatched, Dispatcher
+from routing.dispatch import Dispatched, Dispatcher, unservable
 from routing.policy import RouteDecision
 from routing.requests import RouteRequest
 from routing.roles import RoleDecision
@@ -78,6 +78,7 @@ class Council:
     ) -> AsyncGenerator[CouncilEvent, None]:
         self._observer.convened(name)
         run = _Run(self, name, council, generation, route)
+        await self._director_can_answer(run)
         async with aclosing(run.agents()) as agents:  # closed when we are: no agent outlives us
             async for event in agents:
                 yield event
@@ -88,6 +89,14 @@ class Council:
         async with aclosing(run.verdict(answers, ranked)) as verdict:
             async for event in verdict:
                 yield event
+
+    async def _director_can_answer(self, run: _Run) -> None:
+        """Before any agent runs: a Director no target can serve (only a cloud one, and no
+        consent) would waste every agent's work on an answer that cannot come."""
+        request = prompts.director_request(run.generation, [])
+        _, decision = await self._dispatcher.explain(request, run.director_route(), quiet=True)
+        if (refused := unservable(decision, request)) is not None:
+            raise refused
 
     async def explain(
         self, council: CouncilConfig, generation: GenerationRequest, route: RouteRequest
