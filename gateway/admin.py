@@ -102,7 +102,7 @@ async def admin_route(request: AnyRequest) -> Response[bytes]:
     route = route_request(request.headers, body.model, ab_fraction=0.0)
     generation = convert.chat_request(body)
     addressable = services.config.addressable()
-    name = None if services.store.knows(body.model) else council_name(body.model)
+    name = council_name(services, body.model)
     council = None if name is None else services.config.council(name)
     if name is not None and council is not None:  # each seat's call and the Director's
         calls = await services.council.explain(council, generation, route)

@@ -22,7 +22,7 @@ from gateway.errors import from_decode_error, too_deep
 from gateway.framing import ChatResponder, CompletionResponder, Responder
 from gateway.routed import route_headers, route_request
 from gateway.services import Services
-from gateway.sse import collect, sse_stream, unless_disconnected
+from gateway.sse import SSE_HEADERS, collect, sse_stream, unless_disconnected
 from konsilium.errors import InvalidRequestError
 from model_store.types import GenerationRequest
 
@@ -30,7 +30,6 @@ Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
 AnyRequest = Request[Any, Any, Any]
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 async def decode(request: AnyRequest, decoder: msgspec.json.Decoder[Body]) -> Body:
@@ -82,7 +81,7 @@ async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
     observe.current().inference = True
     body = await decode(request, p.chat_request_decoder)
     generation = convert.chat_request(body)
-    name = _council_asked(request, body.model)
+    name = council.council_name(request.app.state.services, body.model)
     if name is not None:
         record = observe.current()
         record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
@@ -91,17 +90,11 @@ async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
     return await respond(request, body, generation, lambda model: ChatResponder(model, logprobs=logprobs))
 
 
-def _council_asked(request: AnyRequest, model: str) -> str | None:
-    """A council's name, unless a model of that name is configured (a model id may hold a `/`)."""
-    services: Services = request.app.state.services
-    return None if services.store.knows(model) else council.council_name(model)
-
-
 @post("/v1/completions", status_code=200)
 async def completions(request: AnyRequest) -> Response[bytes] | Stream:
     observe.current().inference = True
     body = await decode(request, p.completion_request_decoder)
-    if _council_asked(request, body.model) is not None:
+    if council.council_name(request.app.state.services, body.model) is not None:
         raise InvalidRequestError(
             "A council answers chat: send it to /v1/chat/completions (a text completion has no conversation to weigh).",
             param="model",

@@ -28,7 +28,7 @@ from gateway.errors import error_object, to_gateway_error
 from gateway.framing import ChatResponder, completion_usage
 from gateway.routed import route_request
 from gateway.services import Services
-from gateway.sse import DONE, ended_early, frame, paced, unless_disconnected
+from gateway.sse import DONE, SSE_HEADERS, ended_early, frame, paced, unless_disconnected
 from konsilium.config import DEFAULT_COUNCIL, Config, CouncilConfig
 from konsilium.errors import ModelNotFoundError
 from model_store.types import Finish, GenerationRequest, TextDelta, ToolCallDelta
@@ -44,12 +44,14 @@ from routing.council.reports import (
 )
 
 PREFIX = "konsilium"
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 AnyRequest = Request[Any, Any, Any]
 
 
-def council_name(model: str) -> str | None:
-    """The council a `model` names: `konsilium` is the default one, `konsilium/<name>` another."""
+def council_name(services: Services, model: str) -> str | None:
+    """The council a `model` names: `konsilium` is the default one, `konsilium/<name>` another —
+    unless a model of that name is configured (a model id may hold a `/`)."""
+    if services.store.knows(model):
+        return None
     if model == PREFIX:
         return DEFAULT_COUNCIL
     name = model.removeprefix(f"{PREFIX}/")

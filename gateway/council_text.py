@@ -5,7 +5,7 @@ Agents answer in parallel, but interleaved tokens from four writers are unreadab
 is live — the first to speak — and its text goes out as it arrives; the others' text is held
 until the live one is done, then each held block goes out whole, in the order they began, and
 the next unfinished one becomes live. Nothing is dropped: an agent that failed or timed out gets
-its block with the reason. Pure: text in, text out.
+its block with the reason. No I/O: events in, text out (`Lanes` holds one stream's state).
 """
 
 from __future__ import annotations

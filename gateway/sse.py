@@ -24,6 +24,7 @@ from model_store.types import Event, Finish
 log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 HEARTBEAT_S = 2.0
 T = TypeVar("T")
 

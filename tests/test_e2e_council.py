@@ -219,10 +219,10 @@ def test_every_agent_failing_is_an_openai_error_naming_each(sdk: openai.OpenAI) 
     with pytest.raises(openai.APIStatusError) as caught:
         sdk.chat.completions.create(model="konsilium/broken", messages=QUESTION, **ASK)  # type: ignore[arg-type]
     assert caught.value.status_code == 503
-    body: Any = caught.value.body
-    assert body["code"] == "all_targets_failed" or body["error"]["code"] == "all_targets_failed"
-    assert "ux: model_unavailable" in str(body)
-    assert "seo: model_unavailable" in str(body)
+    error: Any = caught.value.body  # the SDK hands over the body's `error` object
+    assert (error["code"], error["type"]) == ("all_targets_failed", "server_error")
+    assert error["message"].startswith("every agent failed: ux: model_unavailable (")
+    assert "; seo: model_unavailable (" in error["message"]
 
 
 async def test_a_client_that_leaves_mid_council_frees_every_slot(served: Server) -> None:
