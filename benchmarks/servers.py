@@ -58,12 +58,15 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_process(
+    cmd: list[str], log_path: Path, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``cmd`` in its own session with output to ``log_path``; always stop it."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO_ROOT,
+            cwd=cwd,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from konsilium.config import Config
 from konsilium.manifest import Manifest
-from model_store.estimate import GGUFError, estimate_gguf, read_gguf_shape
+from model_store.estimate import GGUFError, llama_cpp_need_mb
 from model_store.types import GenerationRequest, Message
 from routing.requests import RouteRequest
 
@@ -53,7 +53,7 @@ def _estimate(manifest: Manifest) -> int | str:
     if manifest.backend_name != "llama_cpp" or manifest.path is None:
         return 0
     try:
-        return estimate_gguf(read_gguf_shape(Path(manifest.path)), manifest.context_window).total_mb
+        return llama_cpp_need_mb(Path(manifest.path), manifest.context_window, manifest.concurrency)
     except GGUFError as exc:
         return f"unreadable ({exc})"
 

@@ -29,10 +29,12 @@ class Responder(Protocol):
 
 
 def completion_usage(usage: Usage) -> p.CompletionUsage:
+    cached = usage.cached_tokens
     return p.CompletionUsage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        prompt_tokens_details=UNSET if cached is None else p.PromptTokensDetails(cached_tokens=cached),
     )
 
 

@@ -96,6 +96,7 @@ def model_status(view: ModelView) -> dict[str, object]:
         "ready": view.ready,
         "detail": view.detail,
         "pid": view.pid,
+        "max_concurrency": view.max_concurrency,
         "in_flight": view.in_flight,
         "queued": view.queued,
         "generating": view.generating,

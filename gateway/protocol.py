@@ -253,10 +253,15 @@ class ChatChoice(_Response, kw_only=True):
     finish_reason: str
 
 
+class PromptTokensDetails(_Response, kw_only=True):
+    cached_tokens: int  # prompt tokens whose KV cache was reused, not computed again
+
+
 class CompletionUsage(_Response, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | UnsetType = UNSET
 
 
 class CouncilCall(_Response, kw_only=True, omit_defaults=True):

@@ -27,6 +27,13 @@ LoadPolicy = Literal["eager", "on_demand"]
 
 BACKEND_OF_FORMAT: dict[str, BackendName] = {"gguf": "llama_cpp", "hf": "vllm", "remote": "openai"}
 IMPLEMENTED_BACKENDS = ("llama_cpp", "vllm", "openai")
+# `max_concurrency` when a manifest leaves it out. llama.cpp: up to four slots decode together,
+# each with the model's whole context, as many as fit in LLAMA_CPP_DEFAULT_KV_TOKENS of KV cache
+# in all (4 x 4096, 2 x 8192, 1 from 16384): a long-context model does not quadruple its memory
+# unasked. llama.cpp itself takes at most LLAMA_CPP_MAX_SLOTS sequences.
+DEFAULT_CONCURRENCY: dict[BackendName, int] = {"llama_cpp": 4, "vllm": 1, "openai": 1}
+LLAMA_CPP_DEFAULT_KV_TOKENS = 16_384
+LLAMA_CPP_MAX_SLOTS = 256
 
 
 class Adapter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -63,16 +70,20 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     load: LoadPolicy = "on_demand"
     idle_unload_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
     memory_mb: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    # requests served at once; unset: the backend's default (`concurrency`). A llama.cpp model
+    # decodes this many slots together, each with its whole context
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
     max_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 64
     load_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
     # how it runs
     backend: BackendName | None = None
     n_ctx: Annotated[int, msgspec.Meta(ge=128, le=1_048_576)] | None = None
     n_threads: Annotated[int, msgspec.Meta(ge=0, le=512)] = 0  # 0: every core
+    # each decode takes n_threads less the cores other processes keep busy (model_store/llama_cpp/threads.py)
+    adaptive_threads: bool = True
     n_batch: Annotated[int, msgspec.Meta(ge=8, le=65_536)] = 512
     n_gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] = 0
-    logits_all: bool = False  # needed for logprobs; costs n_ctx x vocab x 4 bytes
+    logits_all: bool = False  # ignored: accepted for old manifests, logprobs work on every model
     url: str | None = None
     # a cloud target (consent, the privacy filter, `allow_external_api`) whatever its url says: a
     # tunnel or a relay on loopback to a hosted API. Default: any url outside loopback is one
@@ -102,6 +113,16 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
         return bool(self.cloud) or (self.url is not None and is_outside(self.url))
 
     @property
+    def concurrency(self) -> int:
+        """How many requests run at once; the rest wait in the model's FIFO queue."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        default = DEFAULT_CONCURRENCY[self.backend_name]
+        if self.backend_name == "llama_cpp":
+            return max(1, min(default, LLAMA_CPP_DEFAULT_KV_TOKENS // self.context_window))
+        return default
+
+    @property
     def context_window(self) -> int:
         """The context a llama.cpp worker is started with."""
         return self.n_ctx or min(self.context_length or 4096, 32_768)
@@ -123,11 +144,10 @@ def rule_problems(manifest: Manifest) -> list[tuple[str, str]]:
         problems.append(("reasoning_modes", "only for role=optional_moe or capabilities with plan or judge"))
     if m.backend_name not in IMPLEMENTED_BACKENDS:
         problems.append(("backend", f"{m.backend_name} is not available in this version"))
-    if m.backend_name == "llama_cpp":
-        if m.path is None:
-            problems.append(("path", "is required for a llama_cpp model"))
-        if m.max_concurrency != 1:
-            problems.append(("max_concurrency", "must be 1: a llama.cpp worker generates one request at a time"))
+    if m.backend_name == "llama_cpp" and m.path is None:
+        problems.append(("path", "is required for a llama_cpp model"))
+    if m.backend_name == "llama_cpp" and m.concurrency > LLAMA_CPP_MAX_SLOTS:
+        problems.append(("max_concurrency", f"a llama.cpp worker decodes at most {LLAMA_CPP_MAX_SLOTS} slots"))
     if m.cloud is not None and m.url is None:
         problems.append(("cloud", "only a model with a url can be a cloud target"))
     if m.cloud is False and m.url is not None and is_outside(m.url):

@@ -82,6 +82,11 @@ def estimate_gguf(shape: GGUFShape, n_ctx: int) -> Estimate:
     return Estimate(weights_bytes=shape.weights_bytes, kv_cache_bytes=kv, overhead_bytes=overhead)
 
 
+def llama_cpp_need_mb(path: Path, n_ctx: int, slots: int) -> int:
+    """A llama.cpp worker: the weights once, and every slot's KV cache holds the whole context."""
+    return estimate_gguf(read_gguf_shape(path), n_ctx * slots).total_mb
+
+
 def _value(metadata: dict[str, Scalar], key: str) -> Scalar:
     if key not in metadata:
         raise GGUFError(f"GGUF metadata has no {key}")

@@ -85,8 +85,7 @@ class ModelStore:
         self._wall = wall_clock
         given = backends or {}
         self._entries = {
-            m.id: Entry(m, given.get(m.id) or build_backend(m), asyncio.Semaphore(m.max_concurrency))
-            for m in config.models
+            m.id: Entry(m, given.get(m.id) or build_backend(m), asyncio.Semaphore(m.concurrency)) for m in config.models
         }
         self._adapter_bases = {a.name: m.id for m in config.models for a in m.adapters}
         self._checksums = ChecksumCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
@@ -220,7 +219,7 @@ class ModelStore:
 
     def _admit(self, entry: Entry) -> None:
         m = entry.manifest
-        if entry.in_flight >= m.max_concurrency and entry.queued >= m.max_queue:
+        if entry.in_flight >= m.concurrency and entry.queued >= m.max_queue:
             raise RateLimitError(
                 f"model {entry.id!r} is busy: {entry.in_flight} requests in flight and {entry.queued} queued "
                 f"(max_queue {m.max_queue})",

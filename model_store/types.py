@@ -70,9 +70,10 @@ class TokenLogprob(msgspec.Struct, frozen=True):
     top: tuple[tuple[str, float], ...] = ()
 
 
-class Usage(msgspec.Struct, frozen=True):
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int | None = None  # of the prompt tokens, those read from a KV cache (when known)
 
 
 class TextDelta(msgspec.Struct, frozen=True, tag=True, omit_defaults=True):

@@ -69,7 +69,7 @@ def model_view(entry: Entry) -> ModelView:
         pid=health.pid,
         in_flight=entry.in_flight,
         queued=entry.queued,
-        max_concurrency=m.max_concurrency,
+        max_concurrency=m.concurrency,
         generating=health.in_flight > 0,
         cloud=m.is_cloud,
         context_length=info.context_length,

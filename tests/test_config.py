@@ -122,7 +122,6 @@ def test_manifest_rules_are_all_reported_at_once(tmp_path: Path) -> None:
         "models/small.yaml: idle_unload_seconds: requires load: on_demand",
         "models/tiny.yaml: reasoning_modes: only for role=optional_moe or capabilities with plan or judge",
         "models/twin.yaml: id: duplicate model id 'qwen' (first in models/qwen.yaml)",
-        "models/twin.yaml: max_concurrency: must be 1: a llama.cpp worker generates one request at a time",
         "models/typo.yaml: Object contains unknown field `colour`",
         f"models/vllm.yaml: path: not a Hugging Face model directory (no config.json): {tmp_path}/models/m.gguf",
     ]

@@ -81,12 +81,6 @@ def test_prompt_longer_than_the_context_is_context_length_exceeded(server: Serve
     assert (error["code"], error["param"]) == ("context_length_exceeded", "prompt")
 
 
-def test_logprobs_on_a_model_without_logits_is_a_clear_400(server: Server) -> None:
-    body = {"model": MODEL_ID, "messages": OK_MESSAGES, "logprobs": True, "top_logprobs": 2}
-    error = error_of(post(server, "/chat/completions", json=body), 400)
-    assert (error["code"], error["param"]) == ("unsupported_parameter", "logprobs")
-
-
 def test_unknown_tool_in_tool_choice_is_400(server: Server) -> None:
     body = {"model": MODEL_ID, "messages": OK_MESSAGES, "tools": [{"type": "function", "function": {"name": "a"}}],
             "tool_choice": {"type": "function", "function": {"name": "b"}}}  # fmt: skip

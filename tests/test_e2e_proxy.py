@@ -47,7 +47,13 @@ def test_non_streaming_answer_is_the_upstreams(client: openai.OpenAI, via_proxy:
     relayed = raw.parse()
     assert relayed.model == PROXIED
     assert relayed.choices[0].message.content == direct.choices[0].message.content
-    assert relayed.usage == direct.usage
+    assert relayed.usage is not None
+    assert direct.usage is not None
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [getattr(relayed.usage, n) for n in counts] == [getattr(direct.usage, n) for n in counts]
+    # the same prompt again: the upstream read all of it but the last token from its KV cache
+    assert relayed.usage.prompt_tokens_details is not None
+    assert relayed.usage.prompt_tokens_details.cached_tokens == direct.usage.prompt_tokens - 1
 
 
 def test_stream_is_relayed_with_usage(via_proxy: openai.OpenAI, client: openai.OpenAI) -> None:

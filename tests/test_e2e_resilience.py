@@ -75,15 +75,18 @@ def short_answer(server: Server) -> str:
 
 async def test_disconnects_free_the_queue_and_the_worker(server: Server) -> None:
     reference = short_answer(server)
+    slots = server.model_state()["max_concurrency"]
+    assert slots == 4, "the default for a llama.cpp model"
     async with httpx.AsyncClient(timeout=120) as http:
-        streaming, _ = await open_long_stream(http, server)
-        assert server.model_state()["in_flight"] == 1
+        streams = [await open_long_stream(http, server) for _ in range(slots)]  # lines kept: open
+        assert server.model_state()["in_flight"] == slots
         queued = asyncio.create_task(http.post(f"{server.v1}/completions", json=LONG))
         await asyncio.to_thread(wait_for, lambda: server.model_state()["queued"] == 1, "a queued request")
         queued.cancel()  # the client of the queued request leaves
         await asyncio.to_thread(wait_for, lambda: server.model_state()["queued"] == 0, "the queue to empty")
-        assert server.model_state()["in_flight"] == 1, "the first stream is still generating"
-        await streaming.aclose()  # the streaming client leaves mid-stream
+        assert server.model_state()["in_flight"] == slots, "the streams are still generating"
+        for streaming, _ in streams:
+            await streaming.aclose()  # the streaming clients leave mid-stream
         await asyncio.to_thread(stopped_within_a_second, server)
         assert server.model_state()["in_flight"] == 0
     assert short_answer(server) == reference

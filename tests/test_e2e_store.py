@@ -29,7 +29,8 @@ LONG = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 1500, "tempera
 
 
 def smol(model_id: str, **options: object) -> dict[str, object]:
-    return {"id": model_id, "path": str(SMOLLM2), "n_ctx": 512, "load": "on_demand", **options}
+    """One slot each unless a test says otherwise: the budget below is sized for one slot's KV cache."""
+    return {"id": model_id, "path": str(SMOLLM2), "n_ctx": 512, "load": "on_demand", "max_concurrency": 1, **options}
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
@@ -150,11 +151,13 @@ def test_models_list_carries_each_models_state(tight: Server) -> None:
 @pytest.fixture(scope="module")
 def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     models = [
-        smol("queue-one", max_queue=1),
+        smol("queue-one", max_concurrency=1, max_queue=1),
         smol("idle", idle_unload_seconds=1),
         smol("lazy"),
         smol("crowd"),
-        smol("logits", logits_all=True),
+        smol("logits", logits_all=True),  # an old manifest's field: accepted, no longer needed
+        smol("uno"),
+        smol("quad", max_concurrency=4),
     ]
     with run_server(tmp_path_factory.mktemp("roomy"), models, memory_budget_mb=4000) as server:
         yield server
@@ -230,11 +233,23 @@ def test_models_list_command_shows_the_estimates() -> None:
     )  # fmt: skip
     assert result.stdout.splitlines() == [
         "MODEL                  ROLE     BACKEND    FORMAT  QUANT  CONTEXT  LOAD   EST MB",
-        "smollm2-135m-instruct  primary  llama_cpp  gguf    Q4_1   4096     eager  247",
+        "smollm2-135m-instruct  primary  llama_cpp  gguf    Q4_1   4096     eager  517",
     ]
 
 
-def test_logprobs_from_a_model_with_logits(roomy: Server) -> None:
+def test_every_slot_has_its_own_kv_cache_in_the_estimate_and_the_measure(roomy: Server) -> None:
+    kv_mb = 30 * 512 * 3 * 64 * 2 * 2 / 2**20  # SmolLM2: layers x context x kv heads x head size x K,V x f16
+    for model in ("uno", "quad"):
+        assert ask(roomy, model).status_code == 200
+    state = admin(roomy)
+    assert state["uno"]["estimated_mb"] == 168
+    assert state["quad"]["estimated_mb"] == 202  # the weights and overhead once, 4 x 512 tokens of cache
+    extra = state["quad"]["measured_mb"] - state["uno"]["measured_mb"]
+    assert 0.5 * 3 * kv_mb <= extra <= 1.5 * 3 * kv_mb, (extra, 3 * kv_mb)
+    assert "quad" in budget(roomy)["models"]
+
+
+def test_logprobs_from_a_llama_cpp_model(roomy: Server) -> None:
     body = {"model": "logits", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4,
             "temperature": 0, "logprobs": True, "top_logprobs": 2}  # fmt: skip
     reply = httpx.post(f"{roomy.v1}/chat/completions", json=body, timeout=60).json()

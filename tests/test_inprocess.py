@@ -161,7 +161,7 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 async def test_a_full_queue_is_a_429_and_the_queue_drains() -> None:
     gate = asyncio.Event()
     a = ScriptedBackend("a", replies=[[gate, *answer("first")], answer("second")])
-    async with serving({"a": a}, models=[model("a", max_queue=1)]) as (client, services):
+    async with serving({"a": a}, models=[model("a", max_concurrency=1, max_queue=1)]) as (client, services):
         store = services.store
         first = asyncio.create_task(client.post("/v1/chat/completions", json=ask()))
         await wait_until(lambda: store.view_of("a").in_flight == 1)

@@ -51,7 +51,7 @@ def client(exporter: InMemorySpanExporter) -> Iterator[TestClient[Any]]:
     config = Config(
         models=[
             Manifest(id="dead", format="remote", url=f"http://127.0.0.1:{free_port()}/v1", connect_timeout_s=2),
-            Manifest(id="smol", path=str(SMOLLM2), n_ctx=512, load="on_demand"),
+            Manifest(id="smol", path=str(SMOLLM2), n_ctx=512, load="on_demand", max_concurrency=1),
         ],
         memory_budget_mb=2000,
         routing=RoutingConfig(roles={"qa": RoleRoute(targets=[TargetRef(model="dead"), TargetRef(model="smol")])}),

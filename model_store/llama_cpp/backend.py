@@ -1,9 +1,10 @@
-"""`LlamaCppBackend`: one GGUF model, one worker process, requests served one at a time in FIFO.
+"""`LlamaCppBackend`: one GGUF model, one worker process, up to `slots` requests decoding together.
 
-The turn (`asyncio.Lock`, which wakes waiters in arrival order) is held from the moment a
-request is sent to the worker until the worker lets go of it, so no request ever interrupts
-another's stream. A consumer that leaves early hands the turn on only when the worker confirms
-the cancel; a consumer that leaves while queued simply stops waiting.
+A slot (`asyncio.Semaphore`, which wakes waiters in arrival order) is held from the moment a
+request is sent to the worker until the worker lets go of it, so the worker never holds more
+requests than it has slots and the rest wait here in FIFO. A consumer that leaves early hands its
+slot on only when the worker confirms the cancel (within one token); a consumer that leaves while
+queued simply stops waiting.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from konsilium.errors import BackendUnavailableError, GatewayError
 from konsilium.manifest import Manifest
 from model_store.backend import Health, ModelInfo, State
-from model_store.estimate import estimate_gguf, read_gguf_shape
+from model_store.estimate import llama_cpp_need_mb
 from model_store.llama_cpp.process import WorkerProcess
 from model_store.llama_cpp.tokenizer import PromptCounter, open_counter
 from model_store.types import Event, GenerationRequest
@@ -29,8 +30,10 @@ class LlamaCppBackend:
         self._worker: WorkerProcess | None = None
         self._state: State = "unloaded"
         self._detail = ""
-        self._turn = asyncio.Lock()
+        self._slots = manifest.concurrency
+        self._turns = asyncio.Semaphore(self._slots)
         self._queued = 0
+        self._in_flight = 0
         self._load_lock = asyncio.Lock()
         self._created = int(Path(self._path).stat().st_mtime)
         self._counter: PromptCounter | None = None  # read on the first load, kept after unloads
@@ -81,16 +84,17 @@ class LlamaCppBackend:
         assert adapter is None, "llama.cpp models declare no adapters"
         self._queued += 1
         try:
-            await self._turn.acquire()
+            await self._turns.acquire()
         finally:
             self._queued -= 1
+        self._in_flight += 1
         try:
             worker = self._worker
             if worker is None or not worker.alive:  # the store loads; a worker that died meanwhile
                 raise BackendUnavailableError(f"model {self._config.id!r} is not running")
             request_id, inbox = worker.submit(request)
         except BaseException:
-            self._turn.release()
+            self._release()
             raise
         finished = False
         try:
@@ -102,9 +106,13 @@ class LlamaCppBackend:
             finished = True
         finally:
             if finished:
-                self._turn.release()
+                self._release()
             else:
-                worker.abandon(request_id, self._turn.release)
+                worker.abandon(request_id, self._release)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._turns.release()
 
     def health(self) -> Health:
         alive = self._worker is not None and self._worker.alive
@@ -114,12 +122,12 @@ class LlamaCppBackend:
             ready=alive,
             detail="worker exited; it restarts on the next request" if crashed else self._detail,
             pid=self.pid,
-            in_flight=int(self._turn.locked()),
+            in_flight=self._in_flight,
             queued=self._queued,
         )
 
     def memory_need_mb(self) -> int:
-        return estimate_gguf(read_gguf_shape(Path(self._path)), self._config.context_window).total_mb
+        return llama_cpp_need_mb(Path(self._path), self._config.context_window, self._slots)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int | None:
         return self._counter.count(request, limit=self.info.context_length or 0) if self._counter else None
@@ -127,7 +135,7 @@ class LlamaCppBackend:
     def _worker_argv(self) -> list[str]:
         c = self._config
         argv = [
-            "--path", self._path, "--n-ctx", str(c.context_window), "--n-threads", str(c.n_threads),
-            "--n-batch", str(c.n_batch), "--n-gpu-layers", str(c.n_gpu_layers),
+            "--path", self._path, "--n-ctx", str(c.context_window), "--slots", str(self._slots),
+            "--n-threads", str(c.n_threads), "--n-batch", str(c.n_batch), "--n-gpu-layers", str(c.n_gpu_layers),
         ]  # fmt: skip
-        return [*argv, "--logits-all"] if c.logits_all else argv
+        return argv if c.adaptive_threads else [*argv, "--fixed-threads"]

@@ -1,9 +1,10 @@
-"""Token generation inside a llama.cpp worker: prompt building, stops, tools, JSON, logprobs.
+"""One request in a slot of a llama.cpp worker: its prompt, its sampler chain (penalties,
+grammar, top-k/p, temperature, seed) and what each sampled token becomes — text held back only
+while it could still become a stop sequence, tool-call pieces, logprobs, exact token counts.
 
-Our own loop over `Llama.generate()` rather than `create_chat_completion()`: it yields after
-every token (so a cancel lands within one token), counts tokens exactly, holds back only the
-text that could still become a stop sequence, and never buffers a whole answer. This module
-runs only in the worker process.
+The scheduler (`batch.py`) decodes many jobs in one batch and pushes each job its token; the job
+never buffers a whole answer, and a cancelled job is simply dropped between two tokens. This
+module runs only in the worker process.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import llama_cpp
 import numpy
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp._internals import LlamaModel, LlamaSampler
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from model_store.llama_cpp.failure import GenerationFailure
 from model_store.llama_cpp.grammar import json_grammar, tool_call_grammar
+from model_store.llama_cpp.prompts import PromptBuilder
 from model_store.llama_cpp.stops import StopMatcher
 from model_store.types import (
     Event,
@@ -32,13 +33,14 @@ from model_store.types import (
     TokenLogprob,
     ToolCallDelta,
     Usage,
-    message_dict,
-    tool_dict,
 )
 
-FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
-DEFAULT_TEMPERATURE = 0.8  # llama.cpp's defaults, used when the client leaves them out
+# llama.cpp's defaults (llama-cpp-python's `Llama.generate`), used when the client leaves them out
+DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
+TOP_K, MIN_P, PENALTY_LAST_N = 40, 0.05, 64
+
+Logits = Callable[[], "numpy.ndarray[tuple[int], numpy.dtype[numpy.float32]]"]
 
 
 @dataclass(frozen=True)
@@ -49,155 +51,120 @@ class ToolMode:
     call_id: str
 
 
-class Generator:
-    def __init__(self, llm: llama_cpp.Llama, *, logits_all: bool) -> None:
-        self._llm = llm
-        self._logits_all = logits_all
-        self._vocab = llm._model.vocab
-        template = llm.metadata.get("tokenizer.chat_template")
-        self._formatter = (
-            Jinja2ChatFormatter(
-                template=template,
-                eos_token=_token_text(llm, llm.token_eos()),
-                bos_token=_token_text(llm, llm.token_bos()),
-            )
-            if template
-            else None
-        )
-        self.fim_ids = _fim_ids(llm)
+class Job:
+    """Built when the request arrives (a refusal raises `GenerationFailure` before any slot is
+    taken); then `opening()`, one `feed()` per sampled token until `finished`."""
 
-    @property
-    def n_ctx(self) -> int:
-        return int(self._llm.n_ctx())
-
-    def run(self, request: GenerationRequest, cancelled: Callable[[], bool]) -> Iterator[Event]:
-        prompt = self.prompt_tokens(request)
-        room = self.n_ctx - len(prompt)
+    def __init__(self, request: GenerationRequest, builder: PromptBuilder, n_ctx: int) -> None:
+        self.request = request
+        self.prompt = builder.prompt_tokens(request)
+        room = n_ctx - len(self.prompt)
         if room < 1:
             raise GenerationFailure(
                 "context_length",
-                f"This model's maximum context length is {self.n_ctx} tokens; the prompt has "
-                f"{len(prompt)} tokens. Shorten the prompt.",
+                f"This model's maximum context length is {n_ctx} tokens; the prompt has "
+                f"{len(self.prompt)} tokens. Shorten the prompt.",
                 "messages" if request.kind == "chat" else "prompt",
             )
         # Clients (Continue: 4096 by default) ask for more than is left; like llama.cpp we clamp
         # to the room left instead of refusing every long conversation.
-        max_tokens = min(request.max_tokens or room, room)
-        if request.top_logprobs is not None and not self._logits_all:
-            raise GenerationFailure(
-                "unsupported", "logprobs need `logits_all: true` in this model's config", "logprobs"
-            )
-        tool = _tool_mode(request)
-        grammar = _grammar(request, tool, self._vocab)
-        seed = request.seed if request.seed is not None else random.getrandbits(32)
-        self._llm.set_seed(seed & 0xFFFFFFFF)  # llama.cpp seeds are uint32; OpenAI allows int64
-        tokens = self._llm.generate(
-            prompt,
-            grammar=grammar,
-            temp=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-            top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
-            presence_penalty=request.presence_penalty or 0.0,
-            frequency_penalty=request.frequency_penalty or 0.0,
-        )
+        self._max_tokens = min(request.max_tokens or room, room)
+        self._tool = _tool_mode(request)
+        self.sampler = _sampler_chain(request, _grammar(request, self._tool, builder.vocab), builder.model)
+        self._builder = builder
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = StopMatcher(request.stop)
+        self._produced = 0
+        self._pieces: list[str] = []
+        self.finished = False
+        self.cached = 0  # prompt tokens the slot's KV cache already held (set when it is placed)
+
+    def close(self) -> None:
+        self.sampler.close()
+
+    def opening(self) -> list[Event]:
+        tool = self._tool
         if tool is not None and tool.name is not None:
-            yield ToolCallDelta(index=0, id=tool.call_id, name=tool.name, arguments="")
-        yield from self._stream(request, tokens, len(prompt), max_tokens, tool, cancelled)
+            return [ToolCallDelta(index=0, id=tool.call_id, name=tool.name, arguments="")]
+        return []
 
-    def _stream(
-        self,
-        request: GenerationRequest,
-        tokens: Iterator[int],
-        n_prompt: int,
-        max_tokens: int,
-        tool: ToolMode | None,
-        cancelled: Callable[[], bool],
-    ) -> Iterator[Event]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(request.stop)
-        produced = 0
-        reason: FinishReason = "length"
-        pieces: list[str] = []
-        for token in tokens:
-            if cancelled():
-                return
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            produced += 1
-            text, hit = stops.feed(decoder.decode(self._llm.detokenize([token])))
-            if text:
-                pieces.append(text)
-                yield from self._text_events(text, tool, token, request)
-            if hit:
-                reason = "stop"
-                break
-            if produced >= max_tokens:
-                break
-        tail = "" if stops.hit else stops.flush(decoder.decode(b"", final=True))
-        if tail:
-            pieces.append(tail)
-            yield from self._text_events(tail, tool, None, request)
-        if tool is not None:
-            yield from _finish_tool_call(tool, "".join(pieces))
+    def feed(self, token: int, logits: Logits) -> list[Event]:
+        """The events of one sampled token; the last list ends with `Finish`. `logits` reads the
+        row the token was sampled from (only for logprobs; valid until the next decode)."""
+        if llama_cpp.llama_vocab_is_eog(self._builder.vocab, token):
+            return self._finish("stop")
+        self._produced += 1
+        text, hit = self._stops.feed(self._decoder.decode(self._builder.piece(token)))
+        events = self._text_events(text, self._logprobs(token, logits) if self._tool is None else ()) if text else []
+        if hit:
+            return events + self._finish("stop")
+        if self._produced >= self._max_tokens:
+            return events + self._finish("length")
+        return events
+
+    def _finish(self, reason: FinishReason) -> list[Event]:
+        self.finished = True
+        tail = "" if self._stops.hit else self._stops.flush(self._decoder.decode(b"", final=True))
+        events = self._text_events(tail, ()) if tail else []
+        if self._tool is not None:
+            events.extend(_finish_tool_call(self._tool, "".join(self._pieces)))
             reason = "tool_calls"
-        yield Finish(reason=reason, usage=Usage(prompt_tokens=n_prompt, completion_tokens=produced))
+        usage = Usage(prompt_tokens=len(self.prompt), completion_tokens=self._produced, cached_tokens=self.cached)
+        return [*events, Finish(reason=reason, usage=usage)]
 
-    def _text_events(
-        self, text: str, tool: ToolMode | None, token: int | None, request: GenerationRequest
-    ) -> Iterator[Event]:
-        if tool is None:
-            yield TextDelta(text=text, logprobs=self._logprobs(token, request))
-        elif tool.name is not None:
-            yield ToolCallDelta(index=0, arguments=text)
+    def _text_events(self, text: str, logprobs: tuple[TokenLogprob, ...]) -> list[Event]:
+        self._pieces.append(text)
+        if self._tool is None:
+            return [TextDelta(text=text, logprobs=logprobs)]
+        return [ToolCallDelta(index=0, arguments=text)] if self._tool.name is not None else []
 
-    def _logprobs(self, token: int | None, request: GenerationRequest) -> tuple[TokenLogprob, ...]:
-        if request.top_logprobs is None or token is None:
+    def _logprobs(self, token: int, logits: Logits) -> tuple[TokenLogprob, ...]:
+        if self.request.top_logprobs is None:
             return ()
-        row = self._llm.scores[self._llm.n_tokens - 1]
-        logprobs = llama_cpp.Llama.logits_to_logprobs(row)
-        top = [int(i) for i in numpy.argsort(-logprobs)[: request.top_logprobs]]
+        row = logits().astype(numpy.float64)
+        shifted = row - row.max()
+        logprobs = shifted - numpy.log(numpy.exp(shifted).sum())
+        n = self.request.top_logprobs
+        best = numpy.argpartition(-logprobs, n)[:n] if n < len(logprobs) else numpy.arange(len(logprobs))
+        top = [int(i) for i in best[numpy.argsort(-logprobs[best], kind="stable")]]
+        text = self._text
         return (
             TokenLogprob(
-                token=_piece(self._llm, token),
+                token=text(token),
                 logprob=float(logprobs[token]),
-                top=tuple((_piece(self._llm, i), float(logprobs[i])) for i in top),
+                top=tuple((text(i), float(logprobs[i])) for i in top),
             ),
         )
 
-    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        if request.kind == "completion":
-            return self._completion_tokens(request.prompt, request.suffix)
-        if self._formatter is None:
-            raise GenerationFailure("unsupported", "this model has no chat template", "model")
-        tools: Any = [tool_dict(t) for t in request.tools] if request.tool_choice != "none" else None
-        messages: Any = [message_dict(m) for m in request.messages]
-        formatted = self._formatter(messages=messages, tools=tools)
-        return list(
-            self._llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
-        )
+    def _text(self, token: int) -> str:
+        return self._builder.piece(token).decode("utf-8", errors="replace")
 
-    def _completion_tokens(self, prompt: str, suffix: str | None) -> list[int]:
-        encode = self._llm.tokenize
-        if suffix is None:
-            return list(encode(prompt.encode("utf-8"), add_bos=True, special=False)) or self._document_start()
-        if self.fim_ids is None:
-            raise GenerationFailure("unsupported", "this model has no fill-in-the-middle tokens", "suffix")
-        pre, suf, mid = self.fim_ids
-        return [
-            pre,
-            *encode(prompt.encode("utf-8"), add_bos=False, special=False),
-            suf,
-            *encode(suffix.encode("utf-8"), add_bos=False, special=False),
-            mid,
-        ]
 
-    def _document_start(self) -> list[int]:
-        """An empty prompt (OpenAI: the model writes "as if from the beginning of a new
-        document") starts from the beginning-of-sequence token, else the document separator."""
-        start = next((t for t in (self._llm.token_bos(), self._llm.token_eos()) if t >= 0), None)
-        if start is None:
-            raise GenerationFailure("invalid", "the prompt is empty and this model has no start token", "prompt")
-        return [start]
+def _sampler_chain(request: GenerationRequest, grammar: LlamaGrammar | None, model: LlamaModel) -> LlamaSampler:
+    """The chain `Llama.generate` builds, per request: penalties, grammar, then greedy at
+    temperature 0, else top-k, typical, top-p, min-p, temperature and the seeded draw."""
+    temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
+    seed = request.seed if request.seed is not None else random.getrandbits(32)
+    chain = LlamaSampler()
+    chain.add_penalties(
+        n_vocab=model.n_vocab(),
+        penalty_last_n=PENALTY_LAST_N,
+        penalty_repeat=1.0,
+        penalty_freq=request.frequency_penalty or 0.0,
+        penalty_present=request.presence_penalty or 0.0,
+    )
+    if grammar is not None:
+        chain.add_grammar(model, grammar)
+    if temperature == 0.0:
+        chain.add_greedy()
+        return chain
+    chain.add_top_k(TOP_K)
+    chain.add_typical(1.0, 1)
+    chain.add_top_p(DEFAULT_TOP_P if request.top_p is None else request.top_p, 1)
+    chain.add_min_p(MIN_P, 1)
+    chain.add_temp(temperature)
+    chain.add_dist(seed & 0xFFFFFFFF)  # llama.cpp seeds are uint32; OpenAI allows int64
+    return chain
 
 
 def _tool_mode(request: GenerationRequest) -> ToolMode | None:
@@ -238,21 +205,3 @@ def _finish_tool_call(tool: ToolMode, text: str) -> Iterator[Event]:
         raise GenerationFailure("internal", f"model produced no valid tool call: {exc}") from exc
     encoded = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
     yield ToolCallDelta(index=0, id=tool.call_id, name=name, arguments=encoded)
-
-
-def _token_text(llm: llama_cpp.Llama, token: int) -> str:
-    return llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
-
-
-def _piece(llm: llama_cpp.Llama, token: int) -> str:
-    return llm.detokenize([token]).decode("utf-8", errors="replace")
-
-
-def _fim_ids(llm: llama_cpp.Llama) -> tuple[int, int, int] | None:
-    ids = []
-    for text in FIM_TOKENS:
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        if len(tokens) != 1:
-            return None
-        ids.append(tokens[0])
-    return ids[0], ids[1], ids[2]

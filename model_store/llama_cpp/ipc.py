@@ -30,8 +30,9 @@ class Cancel(msgspec.Struct, tag=True):
 
 class Ready(msgspec.Struct, tag=True):
     pid: int
-    n_ctx: int
+    n_ctx: int  # per slot
     supports_fim: bool
+    slots: int = 1
 
 
 class Emit(msgspec.Struct, tag=True):

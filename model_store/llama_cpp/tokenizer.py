@@ -1,7 +1,7 @@
 """A model's tokenizer and chat template in the gateway's own process, to count prompts.
 
-`Llama(vocab_only=True)` reads the GGUF's vocabulary and metadata, no weights (SmolLM2: ~0.13 s,
-a few MB), and the worker's own `Generator` renders the prompt, so the count is the one the
+A vocabulary-only load reads the GGUF's vocabulary and metadata, no weights (SmolLM2: ~0.13 s,
+a few MB), and the worker's own `PromptBuilder` renders the prompt, so the count is the one the
 worker will make. Routing asks only when the estimate says the context could be too small.
 """
 
@@ -18,16 +18,19 @@ log = logging.getLogger(__name__)
 
 class PromptCounter:
     def __init__(self, path: str) -> None:
-        from llama_cpp import Llama, llama_vocab_get_text
+        import llama_cpp
+        from llama_cpp._internals import LlamaModel
 
-        from model_store.llama_cpp.generation import Generator
+        from model_store.llama_cpp.prompts import PromptBuilder
 
-        llm = Llama(model_path=path, vocab_only=True, n_ctx=16, verbose=False)
-        self._generator = Generator(llm, logits_all=False)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        model = LlamaModel(path_model=path, params=params, verbose=False)
+        self._builder = PromptBuilder(model)
         # A text of n bytes is at least n / longest tokens. A token's stored text (byte-level
         # BPE's "Ġ", SentencePiece's "▁", "<0x0A>") is never shorter than the bytes it stands for.
-        vocab = llm._model.vocab
-        self._longest = max((len(llama_vocab_get_text(vocab, t)) for t in range(llm.n_vocab())), default=1) or 1
+        texts = (llama_cpp.llama_vocab_get_text(model.vocab, t) for t in range(model.n_vocab()))
+        self._longest = max((len(text) for text in texts), default=1) or 1
         self._lock = threading.Lock()  # one vocabulary, counted from several threads
 
     def count(self, request: GenerationRequest, limit: int) -> int | None:
@@ -42,7 +45,7 @@ class PromptCounter:
             return floor
         with self._lock:
             try:
-                return len(self._generator.prompt_tokens(request))
+                return len(self._builder.prompt_tokens(request))
             except GenerationFailure:
                 return None
 

@@ -2,9 +2,9 @@
 
 One process per loaded model, so a crash, a leak or a hostile GGUF file takes down only this
 process, and unloading really returns the memory. Frames arrive on stdin (see `ipc.py`); a
-reader thread files `Generate`s in order and marks `Cancel`s, while the main thread generates
-one request at a time and checks for a cancel after every token. When stdin closes (the gateway
-is gone) the worker exits.
+reader thread queues them in order, and the main thread runs the batch scheduler (`batch.py`):
+between two decode steps it takes what arrived (new requests join, cancelled ones leave), so up
+to `--slots` requests generate together. When stdin closes (the gateway is gone) the worker exits.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import os
 import queue
 import sys
 import threading
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
 from model_store.llama_cpp import ipc
+
+if TYPE_CHECKING:
+    from llama_cpp._internals import LlamaContext, LlamaModel
 
 _STOP = None
 
@@ -51,69 +54,83 @@ class Channel:
         return data
 
 
-class Inbox:
-    """Generate requests in arrival order, and the ids that were cancelled."""
+def read_forever(channel: Channel, inbox: queue.Queue[ipc.ToWorker | None]) -> None:
+    """The reader thread: frames in arrival order, then None when the gateway is gone."""
+    while (message := channel.receive()) is not None:
+        inbox.put(message)
+    inbox.put(_STOP)
 
-    def __init__(self) -> None:
-        self.requests: queue.Queue[ipc.Generate | None] = queue.Queue()
-        self._cancelled: set[int] = set()
-        self._lock = threading.Lock()
 
-    def read_forever(self, channel: Channel) -> None:
-        while (message := channel.receive()) is not None:
-            if isinstance(message, ipc.Cancel):
-                with self._lock:
-                    self._cancelled.add(message.id)
-            else:
-                self.requests.put(message)
-        self.requests.put(_STOP)
-
-    def is_cancelled(self, request_id: int) -> bool:
-        with self._lock:
-            return request_id in self._cancelled
-
-    def forget(self, request_id: int) -> None:
-        with self._lock:
-            self._cancelled.discard(request_id)
+def take(inbox: queue.Queue[ipc.ToWorker | None], *, wait: bool) -> list[ipc.ToWorker | None]:
+    """Everything that arrived; when `wait` (nothing to decode), block for the first frame."""
+    messages = [inbox.get()] if wait else []
+    while True:
+        try:
+            messages.append(inbox.get_nowait())
+        except queue.Empty:
+            return messages
 
 
 def serve(args: argparse.Namespace) -> int:
-    from llama_cpp import Llama
-
-    from model_store.llama_cpp.failure import GenerationFailure
-    from model_store.llama_cpp.generation import Generator
+    from model_store.llama_cpp.batch import Scheduler
+    from model_store.llama_cpp.prompts import PromptBuilder
+    from model_store.llama_cpp.threads import ThreadGovernor
 
     channel = Channel()
-    threads = args.n_threads or os.cpu_count()
-    llm = Llama(
-        model_path=args.path,
-        n_ctx=args.n_ctx,
-        n_threads=threads,
-        # the prompt's threads too (llama-cpp-python's default is every core): two workers of one
-        # thread each otherwise fight over the cores at every prefill
-        n_threads_batch=threads,
-        n_batch=args.n_batch,
-        n_gpu_layers=args.n_gpu_layers,
-        logits_all=args.logits_all,
-        verbose=False,
+    model, ctx = load(args)
+    builder = PromptBuilder(model)
+    threads = ThreadGovernor(args.n_threads or os.cpu_count() or 1, adaptive=not args.fixed_threads)
+    scheduler = Scheduler(
+        ctx, builder, slots=args.slots, n_ctx=args.n_ctx, n_batch=args.n_batch, threads=threads, send=channel.send
     )
-    generator = Generator(llm, logits_all=args.logits_all)
-    channel.send(ipc.Ready(pid=os.getpid(), n_ctx=generator.n_ctx, supports_fim=generator.fim_ids is not None))
-    inbox = Inbox()
-    threading.Thread(target=inbox.read_forever, args=(channel,), daemon=True).start()
-    while (job := inbox.requests.get()) is not _STOP:
-        assert job is not None
+    supports_fim = builder.fim_ids is not None
+    channel.send(ipc.Ready(pid=os.getpid(), n_ctx=scheduler.n_ctx, supports_fim=supports_fim, slots=args.slots))
+    inbox: queue.Queue[ipc.ToWorker | None] = queue.Queue()
+    threading.Thread(target=read_forever, args=(channel, inbox), daemon=True).start()
+    while True:
+        for message in take(inbox, wait=scheduler.idle):
+            if message is None:
+                return 0
+            if isinstance(message, ipc.Cancel):
+                scheduler.cancel(message.id)
+            else:
+                scheduler.submit(message.id, message.request)
         try:
-            if not inbox.is_cancelled(job.id):
-                for event in generator.run(job.request, lambda: inbox.is_cancelled(job.id)):
-                    channel.send(ipc.Emit(id=job.id, event=event))
-            channel.send(ipc.Done(id=job.id))
-        except GenerationFailure as exc:
-            channel.send(ipc.Failed(id=job.id, kind=exc.kind, message=str(exc), param=exc.param))
-        except Exception as exc:  # the worker reports and carries on; the gateway maps it to 502
-            channel.send(ipc.Failed(id=job.id, kind="internal", message=f"{type(exc).__name__}: {exc}"))
-        inbox.forget(job.id)
-    return 0
+            scheduler.step()
+        except Exception as exc:  # a bug, not a crash: every request in flight ends with a 502
+            scheduler.fail_all(f"{type(exc).__name__}: {exc}")
+
+
+def load(args: argparse.Namespace) -> tuple[LlamaModel, LlamaContext]:
+    """The weights once; one context whose KV cache holds `slots` sequences of `n_ctx` each."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaContext, LlamaModel
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)  # llama.cpp's own log: errors only (`Llama(verbose=False)` does this)
+
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.n_gpu_layers = args.n_gpu_layers
+    model = LlamaModel(path_model=args.path, params=model_params, verbose=False)
+    params = llama_cpp.llama_context_default_params()
+    threads = args.n_threads or os.cpu_count() or 1
+    params.n_ctx = args.n_ctx * args.slots
+    params.n_seq_max = args.slots
+    # a stream of `n_ctx` cells per slot: a request's attention spans its own cells only, so its
+    # results do not depend on what the other slots hold (one shared buffer spans them all, and
+    # a longer span regroups the sums: a temperature-0 answer changed with its neighbours)
+    params.kv_unified = False
+    params.n_batch = params.n_ubatch = max(args.n_batch, args.slots)  # the scheduler's batch (batch.py)
+    # the prompt's threads too (llama.cpp's default is every core): two workers of one thread
+    # each otherwise fight over the cores at every prefill
+    params.n_threads = params.n_threads_batch = threads
+    params.no_perf = True
+    # llama.cpp's CPU flash attention splits a decode's KV cache among the threads, so its sums
+    # depend on the thread count (which `threads.py` changes under load): measured 0.54 apart in
+    # a logit at 400 tokens, enough to change a temperature-0 answer. Without it the results are
+    # bit-identical whatever the threads and the batch (and SmolLM2 decodes as fast here).
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    return model, LlamaContext(model=model, params=params, verbose=False)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -123,7 +140,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--n-threads", type=int, default=0)
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--n-gpu-layers", type=int, default=0)
-    parser.add_argument("--logits-all", action="store_true")
+    parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--fixed-threads", action="store_true", help="ignore other processes' load")
     return parser.parse_args(argv)
 
 

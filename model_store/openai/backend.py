@@ -154,7 +154,9 @@ def _finish_reason(value: str | None) -> FinishReason:
 
 
 def _usage(usage: wire.UsageBody) -> Usage:
-    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+    details = usage.prompt_tokens_details
+    cached = details.cached_tokens if details is not None else None
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cached_tokens=cached)
 
 
 def _decode(data: bytes, upstream: str) -> wire.Chunk:

@@ -51,9 +51,14 @@ class Choice(msgspec.Struct):
     logprobs: ChoiceLogprobs | None = None
 
 
+class PromptTokensDetailsBody(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
 class UsageBody(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetailsBody | None = None
 
 
 class ErrorBody(msgspec.Struct):

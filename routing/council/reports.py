@@ -76,8 +76,11 @@ CouncilEvent = AgentOpened | AgentText | AgentDone | Ranked | VerdictOpened | Co
 
 def total_usage(reports: Iterable[CallReport]) -> Usage:
     used = [r.usage for r in reports if r.usage is not None]
+    cached = [u.cached_tokens for u in used if u.cached_tokens is not None]
     return Usage(
-        prompt_tokens=sum(u.prompt_tokens for u in used), completion_tokens=sum(u.completion_tokens for u in used)
+        prompt_tokens=sum(u.prompt_tokens for u in used),
+        completion_tokens=sum(u.completion_tokens for u in used),
+        cached_tokens=sum(cached) if cached else None,
     )
 
 
