@@ -189,15 +189,18 @@ def test_ready_reports_slots(batched: Server) -> None:
     assert Path(f"/proc/{state['pid']}").exists()
 
 
-async def test_concurrent_requests_sharing_a_long_prefix_answer_as_alone(batched: Server) -> None:
-    """One slot holds a long system prompt; four requests sharing it arrive at once: the first
-    reuses that slot's cache, the others compute it in theirs, and all answer as alone."""
+async def test_concurrent_requests_sharing_a_long_prefix(batched: Server) -> None:
+    """One slot holds a long system prompt; four requests sharing it arrive at once: the one that
+    lands in that slot reads it from the cache, the others compute it in theirs. (Their answers
+    are not compared with the lone ones: past llama.cpp's 256-cell padding a batch's attention
+    spans its longest sequence, which can move a temperature-0 answer; see model_store/DESIGN.md.)"""
     system = {"role": "system", "content": "You are a strict reviewer of Python code. " * 50}
     asks = [{**chat(q, max_tokens=12), "messages": [system, {"role": "user", "content": q}]} for q in QUESTIONS]
     async with httpx.AsyncClient(timeout=120) as http:
         alone = [await post(http, batched, body) for body in asks]
         together = await asyncio.gather(*(post(http, batched, body) for body in asks))
-    assert [content(a) for a in together] == [content(a) for a in alone]
+    assert [a["usage"]["prompt_tokens"] for a in together] == [a["usage"]["prompt_tokens"] for a in alone]
+    assert all(content(a) and a["choices"][0]["finish_reason"] in ("stop", "length") for a in together)
     # one after another, each but the first finds the ~450-token system prompt in the slot
     assert [a["usage"]["prompt_tokens_details"]["cached_tokens"] > 400 for a in alone] == [False, True, True, True]
     cached = sorted(a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in together)
