@@ -11,10 +11,10 @@ within one token.
 
 Prefix reuse: a slot keeps its KV cache after its request ends. A new request takes the free slot
 whose cache shares the longest prefix with its prompt and decodes only the rest. (Copying a busy
-slot's prefix into a free one, `llama_memory_seq_cp` across streams, was bit-exact in isolation
-but under live interleavings a copied slot's temperature-0 answer differed from the same request
-alone: left out.) Recurrent and hybrid models cannot trim a sequence, so there every request
-starts from an empty one. The batch is laid out in sequence order: llama.cpp splits it into one
+slot's prefix into a free one, `llama_memory_seq_cp` across streams, is left out: it copies a
+whole stream, and with long caches a batch's answers depend on the neighbours anyway, see
+DESIGN.md "Determinism".) Recurrent and hybrid models cannot trim a sequence, so there every
+request starts from an empty one. The batch is laid out in sequence order: llama.cpp splits it into one
 forward pass per run of consecutive sequence ids.
 
 `plan_step` and `choose_slot` are pure; `Scheduler` owns the llama.cpp state.
