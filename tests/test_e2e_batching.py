@@ -192,8 +192,8 @@ def test_ready_reports_slots(batched: Server) -> None:
 async def test_concurrent_requests_sharing_a_long_prefix(batched: Server) -> None:
     """One slot holds a long system prompt; four requests sharing it arrive at once: the one that
     lands in that slot reads it from the cache, the others compute it in theirs. (Their answers
-    are not compared with the lone ones: past llama.cpp's 256-cell padding a batch's attention
-    spans its longest sequence, which can move a temperature-0 answer; see model_store/DESIGN.md.)"""
+    are not compared with the lone ones: with prompts this long they have been seen to differ,
+    cause not isolated yet; see model_store/DESIGN.md, "Determinism".)"""
     system = {"role": "system", "content": "You are a strict reviewer of Python code. " * 50}
     asks = [{**chat(q, max_tokens=12), "messages": [system, {"role": "user", "content": q}]} for q in QUESTIONS]
     async with httpx.AsyncClient(timeout=120) as http:

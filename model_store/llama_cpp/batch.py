@@ -12,7 +12,7 @@ within one token.
 Prefix reuse: a slot keeps its KV cache after its request ends. A new request takes the free slot
 whose cache shares the longest prefix with its prompt and decodes only the rest. (Copying a busy
 slot's prefix into a free one, `llama_memory_seq_cp` across streams, is left out: it copies a
-whole stream, and with long caches a batch's answers depend on the neighbours anyway, see
+whole stream, and long prompts arriving together already answer unlike one by one, see
 DESIGN.md "Determinism".) Recurrent and hybrid models cannot trim a sequence, so there every
 request starts from an empty one. The batch is laid out in sequence order: llama.cpp splits it into one
 forward pass per run of consecutive sequence ids.
