@@ -123,7 +123,7 @@ class Scheduler:
         self._n_batch = max(n_batch, slots)  # room for every slot's token in every step
         self._batch = LlamaBatch(n_tokens=self._n_batch, embd=0, n_seq_max=1, verbose=False)
         self._n_vocab = builder.model.n_vocab()
-        self.n_ctx = n_ctx  # each slot's: the buffer holds slots x n_ctx, shared (kv_unified)
+        self.n_ctx = n_ctx  # each slot's own stream
         self.slots = [Slot(seq=i) for i in range(slots)]
         model = builder.model.model
         self._reuse = not (llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model))

@@ -95,7 +95,7 @@ class Job:
             return self._finish("stop")
         self._produced += 1
         text, hit = self._stops.feed(self._decoder.decode(self._builder.piece(token)))
-        events = self._text_events(text, self._logprobs(token, logits) if self._tool is None else ()) if text else []
+        events = self._text_events(text, self._logprobs(token, logits)) if text else []
         if hit:
             return events + self._finish("stop")
         if self._produced >= self._max_tokens:
@@ -119,7 +119,7 @@ class Job:
         return [ToolCallDelta(index=0, arguments=text)] if self._tool.name is not None else []
 
     def _logprobs(self, token: int, logits: Logits) -> tuple[TokenLogprob, ...]:
-        if self.request.top_logprobs is None:
+        if self.request.top_logprobs is None or self._tool is not None:  # tool calls carry none
             return ()
         row = logits().astype(numpy.float64)
         shifted = row - row.max()

@@ -32,7 +32,6 @@ class Ready(msgspec.Struct, tag=True):
     pid: int
     n_ctx: int  # per slot
     supports_fim: bool
-    slots: int = 1
 
 
 class Emit(msgspec.Struct, tag=True):

@@ -79,12 +79,12 @@ def serve(args: argparse.Namespace) -> int:
     channel = Channel()
     model, ctx = load(args)
     builder = PromptBuilder(model)
-    threads = ThreadGovernor(args.n_threads or os.cpu_count() or 1, adaptive=not args.fixed_threads)
+    threads = ThreadGovernor(thread_count(args), adaptive=not args.fixed_threads)
     scheduler = Scheduler(
         ctx, builder, slots=args.slots, n_ctx=args.n_ctx, n_batch=args.n_batch, threads=threads, send=channel.send
     )
     supports_fim = builder.fim_ids is not None
-    channel.send(ipc.Ready(pid=os.getpid(), n_ctx=scheduler.n_ctx, supports_fim=supports_fim, slots=args.slots))
+    channel.send(ipc.Ready(pid=os.getpid(), n_ctx=scheduler.n_ctx, supports_fim=supports_fim))
     inbox: queue.Queue[ipc.ToWorker | None] = queue.Queue()
     threading.Thread(target=read_forever, args=(channel, inbox), daemon=True).start()
     while True:
@@ -101,6 +101,10 @@ def serve(args: argparse.Namespace) -> int:
             scheduler.fail_all(f"{type(exc).__name__}: {exc}")
 
 
+def thread_count(args: argparse.Namespace) -> int:
+    return int(args.n_threads or os.cpu_count() or 1)  # 0: every core
+
+
 def load(args: argparse.Namespace) -> tuple[LlamaModel, LlamaContext]:
     """The weights once; one context whose KV cache holds `slots` sequences of `n_ctx` each."""
     import llama_cpp
@@ -113,7 +117,7 @@ def load(args: argparse.Namespace) -> tuple[LlamaModel, LlamaContext]:
     model_params.n_gpu_layers = args.n_gpu_layers
     model = LlamaModel(path_model=args.path, params=model_params, verbose=False)
     params = llama_cpp.llama_context_default_params()
-    threads = args.n_threads or os.cpu_count() or 1
+    threads = thread_count(args)
     params.n_ctx = args.n_ctx * args.slots
     params.n_seq_max = args.slots
     # a stream of `n_ctx` cells per slot: a request's attention spans its own cells only, so its
