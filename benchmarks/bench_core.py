@@ -246,10 +246,12 @@ def run_konsilium(path: Path, runs: int) -> list[StreamRun]:
 # --------------------------------------------------------------------------- part c: proxy
 
 
-def post_json_timed(client: httpx.Client, url: str, body: bytes) -> tuple[float, dict[str, Any]]:
+def post_json_timed(
+    client: httpx.Client, url: str, body: bytes, headers: Mapping[str, str] | None = None
+) -> tuple[float, dict[str, Any]]:
     """One non-streaming request; returns (seconds, decoded body)."""
     start = time.perf_counter()
-    response = client.post(url, content=body, headers={"content-type": "application/json"})
+    response = client.post(url, content=body, headers={"content-type": "application/json", **(headers or {})})
     elapsed = time.perf_counter() - start
     check_status(response)
     return elapsed, cast(dict[str, Any], _json_decoder.decode(response.content))

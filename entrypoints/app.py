@@ -3,6 +3,7 @@ application around it; the one place that wires every layer together."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -12,20 +13,25 @@ from litestar.middleware import DefineMiddleware
 
 from gateway import admin, completions, models
 from gateway import metrics as gateway_metrics
+from gateway.auth import KeyAuth
 from gateway.errors import render
 from gateway.metrics import StateCollector
 from gateway.observe import ObservedApp, Telemetry
 from gateway.peer import ForwardedClientMiddleware
 from gateway.services import Services
 from konsilium.config import Config
+from konsilium.net import is_loopback
 from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import setup_tracing
+from konsilium.tenancy.service import Tenancy
 from model_store.backend import Backend
 from model_store.store import ModelStore
 from routing.council.convene import Council
 from routing.dispatch import Dispatcher
 from routing.privacy import Scrubber
 from routing.router import Router, load_routing_rules
+
+log = logging.getLogger(__name__)
 
 
 def build_dispatcher(config: Config) -> Dispatcher:
@@ -58,11 +64,13 @@ def create_app(
     observer = Telemetry(metrics, telemetry)
     store, router, dispatcher = _routed_store(config, backends, clock or time.monotonic, metrics, observer)
     council = Council(dispatcher, observer=observer)
+    tenancy = Tenancy(config, observer=metrics)
     services = Services(
-        config=config, store=store, router=router, dispatcher=dispatcher, council=council, metrics=metrics
-    )
+        config=config, store=store, router=router, dispatcher=dispatcher, council=council, tenancy=tenancy,
+        metrics=metrics,
+    )  # fmt: skip
     if metrics is not None:
-        metrics.registry.register(StateCollector(store, router))
+        metrics.registry.register(StateCollector(store, router, tenancy))
     return Litestar(
         route_handlers=[
             *([gateway_metrics.metrics] if metrics is not None else []),
@@ -77,17 +85,27 @@ def create_app(
             admin.admin_unload,
             admin.admin_budget,
             admin.admin_route,
+            admin.admin_keys,
         ],
         exception_handlers={Exception: render},
         middleware=[
             DefineMiddleware(ForwardedClientMiddleware, trusted_proxies=config.trusted_proxies),
             DefineMiddleware(ObservedApp, metrics=metrics),
+            DefineMiddleware(KeyAuth, tenancy=tenancy, metrics=metrics),
         ],
         state=State({"services": services}),
-        on_startup=[store.start],
-        on_shutdown=[store.close, *([] if provider is None else [lambda: provider.force_flush()])],
+        on_startup=[tenancy.start, lambda: warn_if_open(config, tenancy), store.start],
+        on_shutdown=[store.close, tenancy.close, *([] if provider is None else [lambda: provider.force_flush()])],
         request_max_body_size=config.max_body_bytes,
         openapi_config=None,
         logging_config=None,
         debug=False,
     )
+
+
+def warn_if_open(config: Config, tenancy: Tenancy) -> None:
+    if not is_loopback(config.host) and tenancy.ring.loaded and not tenancy.ring.enabled:
+        log.warning(
+            "listening on %s without API keys: whoever reaches port %d can use every model "
+            "(create one with `konsilium keys create --name NAME`)", config.host, config.port,
+        )  # fmt: skip

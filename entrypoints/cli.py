@@ -1,4 +1,4 @@
-"""The `konsilium` command: serve, ps, models list / validate, pull, config-schema."""
+"""The `konsilium` command: serve, ps, models list / validate, pull, route, keys, config-schema."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from entrypoints import keys
 from konsilium.config import (
     Config,
     config_json_schema,
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--model", default="auto", help="the request's model field (default: auto)")
     route.add_argument("--role", help="as the x-konsilium-role header")
     _config_option(route)
+    keys.add_parsers(commands, _config_option)
     schema = commands.add_parser("config-schema", help="print the JSON schema of the config (or a manifest)")
     schema.add_argument("--manifest", action="store_true")
     return parser
@@ -116,6 +118,8 @@ def _run(args: argparse.Namespace) -> int:
         return commands.ps(args.url)
     elif args.command == "route":
         return commands.route(_config(args), args.text, args.system, args.model, args.role)
+    elif args.command == "keys":
+        return keys.run(_config(args), args)
     elif args.command == "pull":
         return commands.pull(args.repo, args.file, args.models_dir, args.revision, args.model_id)
     elif args.action == "list":

@@ -1,11 +1,13 @@
-"""The admin API: what is loaded, and load / unload by hand. Loopback-only unless configured.
+"""The admin API: what is loaded, and load / unload by hand. Loopback-only unless configured;
+once API keys exist, an admin key too (gateway/auth.py).
 
 `GET /admin/models`, `POST /admin/models/{id}/load`, `POST /admin/models/{id}/unload`,
-`GET /admin/budget`. `konsilium ps` reads the first.
+`GET /admin/budget`, `POST /admin/route`, `GET /admin/keys`. `konsilium ps` reads the first.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +16,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath
 
-from gateway import convert
+from gateway import auth, convert
 from gateway import protocol as p
 from gateway.completions import decode
 from gateway.council import council_name
@@ -22,7 +24,8 @@ from gateway.models import json_response, model_status, services_of
 from gateway.peer import ip_of
 from gateway.routed import explain, route_request
 from gateway.services import Services
-from konsilium.errors import PermissionDeniedError
+from konsilium.errors import KeyStoreUnavailableError, PermissionDeniedError
+from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage
 from model_store.views import ModelView
 from routing.router import TargetHealth
 
@@ -99,7 +102,7 @@ async def admin_route(request: AnyRequest) -> Response[bytes]:
     dispatcher's own `explain`, so it cannot disagree with what a request would do."""
     services = services_of(request)
     body = await decode(request, p.chat_request_decoder)
-    route = route_request(request.headers, body.model, ab_fraction=0.0)
+    route = route_request(request.headers, body.model, ab_fraction=0.0, access=auth.access())
     generation = convert.chat_request(body)
     addressable = services.config.addressable()
     name = council_name(services, body.model)
@@ -110,3 +113,30 @@ async def admin_route(request: AnyRequest) -> Response[bytes]:
         return json_response({"council": name, "agents": seats[:-1], "director": seats[-1]})
     role, decision = await services.dispatcher.explain(generation, route)
     return json_response(explain(role, decision, addressable))
+
+
+@get("/admin/keys", guards=[loopback_only])
+async def admin_keys(request: AnyRequest) -> Response[bytes]:
+    """Every key (never a secret nor its digest) with its usage: stored, plus what this replica
+    has counted since its last flush (at most `tenancy.refresh_s` old)."""
+    tenancy = services_of(request).tenancy
+    if tenancy is None:
+        return json_response({"keys": []})
+    store = tenancy.ring.store
+    try:
+        keys, stored = await asyncio.to_thread(lambda: (store.list_keys(), store.usage()))
+    except KeyStoreError as exc:
+        raise KeyStoreUnavailableError(f"The key store cannot be read: {exc}", retry_after=1) from exc
+    usage = tenancy.usage(stored)
+    return json_response({"keys": [key_view(k, usage.get(k.id, Usage())) for k in keys]})
+
+
+def key_view(key: ApiKey, usage: Usage) -> dict[str, object]:
+    return {
+        "id": key.id, "name": key.name, "shown": key.shown + "…", "tenant": key.tenant, "models": list(key.models),
+        "rpm": key.rpm, "tpm": key.tpm, "max_parallel": key.max_parallel, "admin": key.admin,
+        "created": _iso(key.created), "revoked": _iso(key.revoked),
+        "usage": {"requests": usage.requests, "prompt_tokens": usage.prompt_tokens,
+                  "completion_tokens": usage.completion_tokens, "errors": usage.errors,
+                  "last_used": _iso(usage.last_used)},
+    }  # fmt: skip

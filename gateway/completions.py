@@ -16,7 +16,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from gateway import convert, council, observe
+from gateway import auth, convert, council, observe
 from gateway import protocol as p
 from gateway.errors import from_decode_error, too_deep
 from gateway.framing import ChatResponder, CompletionResponder, Responder
@@ -51,7 +51,7 @@ async def respond(
     services: Services = request.app.state.services
     record = observe.current()
     record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
-    route = route_request(request.headers, body.model, services.config.routing.ab_fraction)
+    route = route_request(request.headers, body.model, services.config.routing.ab_fraction, auth.access())
     dispatched = await unless_disconnected(request.receive, services.dispatcher.dispatch(generation, route))
     record.role, record.model = dispatched.role.role, dispatched.target
     record.fallbacks = tuple(a.target for a in dispatched.failed)
@@ -81,7 +81,9 @@ async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
     observe.current().inference = True
     body = await decode(request, p.chat_request_decoder)
     generation = convert.chat_request(body)
-    name = council.council_name(request.app.state.services, body.model)
+    services: Services = request.app.state.services
+    await auth.admit(services.tenancy, generation, services.metrics)
+    name = council.council_name(services, body.model)
     if name is not None:
         record = observe.current()
         record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
@@ -100,5 +102,7 @@ async def completions(request: AnyRequest) -> Response[bytes] | Stream:
             param="model",
         )
     generation = convert.completion_request(body)
+    services: Services = request.app.state.services
+    await auth.admit(services.tenancy, generation, services.metrics)
     logprobs = body.logprobs is not None
     return await respond(request, body, generation, lambda model: CompletionResponder(model, logprobs=logprobs))

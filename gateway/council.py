@@ -21,7 +21,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
-from gateway import observe
+from gateway import auth, observe
 from gateway import protocol as p
 from gateway.council_text import Lanes, ending, heading
 from gateway.errors import error_object, to_gateway_error
@@ -65,7 +65,7 @@ async def respond(
     council = _council(services.config, name, body.model)
     record = observe.current()
     record.role = "council"
-    route = route_request(request.headers, body.model, services.config.routing.ab_fraction)
+    route = route_request(request.headers, body.model, services.config.routing.ab_fraction, auth.access())
     events = services.council.convene(name, council, generation, route)
     chat = ChatResponder(body.model, logprobs=bool(body.logprobs))
     headers = {

@@ -1,5 +1,6 @@
 """`GET /metrics`: the registry's counters and histograms, plus gauges read at scrape time from
-the store's and the router's views (queue depth, model state, memory, breakers, resident adapters)."""
+the store's and the router's views (queue depth, model state, memory, breakers, resident adapters)
+and whether key limits are shared through Redis now."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.services import Services
+from konsilium.tenancy.service import Tenancy
 from model_store.backend import State
 from model_store.store import ModelStore
 from routing.router import Router
@@ -23,9 +25,10 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class StateCollector(Collector):
-    def __init__(self, store: ModelStore, router: Router) -> None:
+    def __init__(self, store: ModelStore, router: Router, tenancy: Tenancy | None = None) -> None:
         self._store = store
         self._router = router
+        self._tenancy = tenancy
 
     def collect(self) -> Iterator[Metric]:
         store = self._store
@@ -58,6 +61,11 @@ class StateCollector(Collector):
         for target, learned in self._router.view().items():
             breakers.add_metric([target], BREAKER_STATES[learned.breaker])
         yield breakers
+        if self._tenancy is not None:
+            yield GaugeMetricFamily(
+                "konsilium_limiter_shared", "1 while key limits are decided in Redis (shared by replicas), else 0",
+                value=float(self._tenancy.limiter.shared_up),
+            )  # fmt: skip
 
 
 @get("/metrics", include_in_schema=False)

@@ -8,11 +8,14 @@ from litestar import Request, Response, get
 from litestar.params import FromPath
 from msgspec import UNSET
 
+from gateway import auth
 from gateway import protocol as p
 from gateway.council import PREFIX
 from gateway.services import Services
 from konsilium.config import DEFAULT_COUNCIL
+from konsilium.errors import ModelNotFoundError
 from model_store.views import ModelView
+from routing.requests import RouteRequest
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -53,10 +56,16 @@ def _councils(services: Services) -> list[p.Model]:
     return [p.Model(id=i, created=services.started, owned_by="konsilium") for i in ids if not services.store.knows(i)]
 
 
+def _visible(services: Services) -> list[p.Model]:
+    """The models and adapters the caller's key may use (every one, with keys off)."""
+    route = RouteRequest(model="", access=auth.access())
+    return [m for v in services.store.view() for m in _models(v) if services.router.permits(route, m.id)]
+
+
 @get("/v1/models")
 async def list_models(request: AnyRequest) -> Response[bytes]:
     services = services_of(request)
-    models = [m for v in services.store.view() for m in _models(v)]
+    models = _visible(services)
     bases = [m for m in models if m.parent is UNSET]  # models first, then adapters (config order), councils
     adapters = [m for m in models if m.parent is not UNSET]
     return json_response(p.ModelList(data=bases + adapters + _councils(services)))
@@ -65,12 +74,13 @@ async def list_models(request: AnyRequest) -> Response[bytes]:
 @get("/v1/models/{model_id:path}")
 async def retrieve_model(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     services = services_of(request)
-    store = services.store
     name = model_id.lstrip("/")
     council = next((m for m in _councils(services) if m.id == name), None)
     if council is not None:
         return json_response(council)
-    found = next(m for m in _models(store.view_of(store.base_of(name))) if m.id == name)
+    found = next((m for m in _visible(services) if m.id == name), None)
+    if found is None:  # unknown, or not this key's: the same answer
+        raise ModelNotFoundError(f"The model {name!r} does not exist.", param="model")
     return json_response(found)
 
 

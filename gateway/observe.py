@@ -57,6 +57,9 @@ class RequestRecord:
     completion_tokens: int = 0
     error: str = ""
     redacted: dict[str, int] = field(default_factory=dict)  # by the privacy filter, counts by type
+    status: int = 500  # the answer's, once its head has gone
+    key: str = ""  # the API key's name (never its secret), when keys are on
+    tenant: str = ""
 
 
 CURRENT: ContextVar[RequestRecord | None] = ContextVar("konsilium_request", default=None)
@@ -94,7 +97,7 @@ class ObservedApp:
             async def send_with_trace_id(message: Message) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
-                    status = message["status"]
+                    status = record.status = message["status"]
                     if record.trace_id:
                         message["headers"] = [*message.get("headers", ()), (TRACE_HEADER, record.trace_id.encode())]
                 await send(message)
@@ -129,6 +132,8 @@ def _access_fields(record: RequestRecord, method: str, path: str, status: int, s
             "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 1),
             "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         }  # fmt: skip
+    if record.key:
+        fields |= {"key": record.key, "tenant": record.tenant or None}
     if record.redacted:
         fields["redacted"] = record.redacted
     if record.error:

@@ -15,12 +15,14 @@ from konsilium.errors import InvalidRequestError
 from konsilium.manifest import Adapter, Manifest
 from routing.dispatch import Dispatched
 from routing.policy import CONSENT_HEADER, RouteDecision
-from routing.requests import RouteRequest
+from routing.requests import Access, RouteRequest
 from routing.roles import RoleDecision
 from routing.router import TIER_ORDER
 
 
-def route_request(headers: Mapping[str, str], model: str, ab_fraction: float) -> RouteRequest:
+def route_request(
+    headers: Mapping[str, str], model: str, ab_fraction: float, access: Access | None = None
+) -> RouteRequest:
     budget = headers.get("x-konsilium-latency-budget-ms")
     try:
         budget_ms = float(budget) if budget is not None else None
@@ -39,6 +41,7 @@ def route_request(headers: Mapping[str, str], model: str, ab_fraction: float) ->
         tier=tier,
         ab=ab,
         cloud_consent=_flag(headers, CONSENT_HEADER),
+        access=access,
     )
 
 

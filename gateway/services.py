@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from konsilium.config import Config
 from konsilium.observability.metrics import Metrics
+from konsilium.tenancy.service import Tenancy
 from model_store.store import ModelStore
 from routing.council.convene import Council
 from routing.dispatch import Dispatcher
@@ -25,5 +26,6 @@ class Services:
     router: Router
     dispatcher: Dispatcher
     council: Council
+    tenancy: Tenancy | None = None  # keys and limits (None: not in this app, e.g. a bare test)
     metrics: Metrics | None = None  # None: metrics are off
     started: int = field(default_factory=lambda: int(time.time()))  # `created` of what has no file

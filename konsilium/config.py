@@ -142,6 +142,19 @@ class TelemetryConfig(_Strict, frozen=True):
     log_format: Literal["json", "text"] = "json"  # json: one object a line, one line per request
 
 
+class TenancyConfig(_Strict, frozen=True):
+    """API keys and their limits (README "Keys and limits"). The keys live in Redis when
+    `redis_url` is set (what replicas share), else in `<data_dir>/keys.sqlite`; with no key at
+    all, nothing is asked of a caller."""
+
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1  # while Redis is down: limit / replicas each
+    refresh_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0  # how soon a key change reaches this replica
+    redis_timeout_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 100.0  # connect and read, per call
+    redis_retry_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0  # a failed Redis is tried again after
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=5, le=3600)] = 60.0  # a crashed replica's parallel slots free
+    completion_reserve_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024  # reserved without max_tokens
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8400
@@ -163,6 +176,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     load_failure_cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     admin_loopback_only: bool = True
     cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
+    data_dir: str | None = None  # keys.sqlite (without redis_url); default ~/.local/share/konsilium
+    redis_url: str | None = None  # redis://, rediss:// or unix://: keys and limits shared by replicas
+    tenancy: TenancyConfig = msgspec.field(default_factory=TenancyConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     councils: dict[CouncilName, CouncilConfig] = msgspec.field(default_factory=dict)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
@@ -180,6 +196,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
                 raise ValueError(f"councils.{name}.agents: a council needs at least one agent")
             if len(set(roles)) != len(roles):
                 raise ValueError(f"councils.{name}.agents: each role sits once, got {roles}")
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis_url: expected a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
         for i, term in enumerate(self.privacy.denylist):
             if not term.strip():
                 raise ValueError(f"privacy.denylist[{i}]: an empty term")

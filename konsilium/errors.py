@@ -81,6 +81,13 @@ class MethodNotAllowedError(InvalidRequestError):
     default_code = "method_not_allowed"
 
 
+class AuthenticationError(InvalidRequestError):
+    """No API key, or one that is unknown or revoked (OpenAI's 401 `invalid_api_key`)."""
+
+    status = 401
+    default_code = "invalid_api_key"
+
+
 class PermissionDeniedError(InvalidRequestError):
     status = 403
     default_code = "permission_denied"
@@ -147,6 +154,13 @@ class BackendUnavailableError(BackendError):
 
     status = 503
     default_code = "model_unavailable"
+
+
+class KeyStoreUnavailableError(BackendUnavailableError):
+    """The keys have not been read yet (the store has not answered since start-up)."""
+
+    default_code = "key_store_unavailable"
+    target_fault = False
 
 
 class ModelLoadError(BackendUnavailableError):

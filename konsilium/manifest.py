@@ -42,7 +42,7 @@ class Adapter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     name: ModelId
     path: str  # a PEFT adapter directory (relative to the manifest's directory)
     roles: list[str] = msgspec.field(default_factory=list)  # agent roles it serves when none are configured
-    tenants: list[str] = msgspec.field(default_factory=list)  # recorded for per-tenant keys (later)
+    tenants: list[str] = msgspec.field(default_factory=list)  # only their keys see it; none: shared by all
 
 
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

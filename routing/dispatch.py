@@ -132,8 +132,8 @@ class Dispatcher:
     ) -> tuple[RoleDecision, RouteDecision]:
         """The routing decision for this request in the current state, without generating.
         `quiet`: a look ahead (the council's, before its fan-out), neither counted nor traced."""
-        explicit = self._store.knows(route.model)
-        if not explicit and not self._router.routes(route.model):
+        explicit = self._store.knows(route.model) and self._router.permits(route, route.model)
+        if not explicit and not self._router.routes(route.model):  # another tenant's adapter is unknown too
             raise ModelNotFoundError(f"The model {route.model!r} does not exist.", param="model")
         prompt = prompt_of(generation)
         started = time.time_ns()

@@ -8,6 +8,8 @@ fill the same structs, with no Litestar request in sight.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 from model_store.types import GenerationRequest
@@ -16,14 +18,31 @@ from routing.policy import estimate_tokens
 SHORT_ANSWER_TOKENS = 16
 
 
+class Access(msgspec.Struct, frozen=True, kw_only=True):
+    """What an API key may use: its models (empty: every model) and its tenant's adapters.
+
+    An adapter that names `tenants` in its manifest belongs to them: only their keys see it. One
+    that names none is shared. `models` may name a model (then its shared adapters too) or an
+    adapter; either way a tenant's adapter stays its tenant's."""
+
+    key: str  # the key's name (logs, metrics)
+    tenant: str | None = None
+    models: frozenset[str] = frozenset()
+
+    def permits(self, name: str, base: str, tenants: Sequence[str]) -> bool:
+        """`name`: a model (`base` is itself) or an adapter on `base` with its `tenants`."""
+        if tenants and self.tenant not in tenants:
+            return False
+        return not self.models or name in self.models or base in self.models
+
+
 class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     model: str  # the request's `model`: a model, an adapter, `auto`, a role or an alias
     role: str | None = None  # the `x-konsilium-role` header
     latency_budget_ms: float | None = None
     tier: str | None = None
     ab: bool = False
-    key_id: str | None = None  # the caller's API key (tenancy), when keys are on
-    tenant: str | None = None
+    access: Access | None = None  # what the caller's API key may use; None: keys are off, anything
     cloud_consent: bool = False  # the caller allows a cloud target (`x-konsilium-cloud-consent: 1`)
     local_only: bool = False  # a council agent: never a cloud target, whatever the consent
 

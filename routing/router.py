@@ -100,6 +100,8 @@ class Router:
         self._clock = clock
         self._observer = observer or NoObserver()
         targets = config.addressable()
+        # each name a request may give: its base model, and the tenants an adapter belongs to
+        self._owners = {name: (m.id, tuple(a.tenants) if a else ()) for name, (m, a) in targets.items()}
         self._local = {name for name, (m, _) in targets.items() if not m.is_cloud}
         self._managed = {name for name, (m, _) in targets.items() if m.path is not None}  # processes we run
         self._tiers = [m.id for m in sorted(config.models, key=lambda m: TIER_ORDER.index(m.role))]
@@ -141,7 +143,7 @@ class Router:
         decision = choose_route(
             RouteInput(
                 role=role.role,
-                chain=self._chain(role.role, configured, explicit),
+                chain=tuple(t for t in self._chain(role.role, configured, explicit) if self.permits(route, t)),
                 explicit_model=route.model if explicit else None,
                 prompt_tokens=prompt.estimated_tokens,
                 max_tokens=prompt.max_tokens,
@@ -164,6 +166,13 @@ class Router:
         if self._config.privacy.require_consent and not route.cloud_consent:
             return NO_CONSENT
         return ""
+
+    def permits(self, route: RouteRequest, name: str) -> bool:
+        """The caller's key may use this model or adapter (with keys off, anything known)."""
+        owner = self._owners.get(name)
+        if owner is None:
+            return False
+        return route.access is None or route.access.permits(name, *owner)
 
     def routes(self, model: str) -> bool:
         """`auto`, `konsilium`, a role (`security`, `role:security`) or an alias: the router picks."""

@@ -8,6 +8,7 @@ built in this process reuses it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import openai
@@ -29,6 +30,20 @@ def recording_tracer_provider() -> Iterator[InMemorySpanExporter]:
     trace.set_tracer_provider(provider)
     yield SPANS
     provider.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test reads the keys of whoever runs the suite (~/.local/share/konsilium/keys.sqlite):
+    every app and server started here, in-process or as a child, keeps its keys in a temporary
+    directory unless its config names another."""
+    before = os.environ.get("KONSILIUM_DATA_DIR")
+    os.environ["KONSILIUM_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    yield
+    if before is None:
+        del os.environ["KONSILIUM_DATA_DIR"]
+    else:
+        os.environ["KONSILIUM_DATA_DIR"] = before
 
 
 @pytest.fixture(scope="session")

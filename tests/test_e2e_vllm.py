@@ -13,12 +13,15 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
 
+from konsilium.tenancy.keys import make_key
+from konsilium.tenancy.sqlite_store import SqliteKeyStore
 from tests.openapi import assert_valid
 from tests.servers import ROOT, Server, llama_model, pid_alive, run_server
 
@@ -74,10 +77,15 @@ def vllm_state(server: Server) -> dict[str, Any]:
     return state
 
 
-def vllm_loras(server: Server) -> set[str]:
-    """What vLLM itself has resident, from its own `/v1/models` (the port is on its command line)."""
+def vllm_port(server: Server) -> str:
+    """The managed vLLM server's own port: it is on its command line."""
     argv = psutil.Process(vllm_state(server)["pid"]).cmdline()
-    port = argv[argv.index("--port") + 1]
+    return argv[argv.index("--port") + 1]
+
+
+def vllm_loras(server: Server) -> set[str]:
+    """What vLLM itself has resident, from its own `/v1/models`."""
+    port = vllm_port(server)
     listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"]
     assert all(m["parent"] == BASE for m in listed if m["id"] != BASE)
     return {m["id"] for m in listed if m["id"] != BASE}
@@ -185,6 +193,50 @@ def test_a_council_of_adapters_answers_at_once_on_one_vllm_server(served: Server
     assert qa["started_ms"] < ux["started_ms"] + ux["latency_ms"], "vLLM served both adapters' calls at once"
     assert report["director"]["model"] == "smol-llama"
     assert reply.headers["x-konsilium-agents"] == "ux=lora-beta,qa=lora-alpha"
+
+
+def test_a_tenants_key_lists_routes_to_and_calls_only_its_own_adapters(served: Server, tmp_path: Path) -> None:
+    """A second Konsilium with keys, in front of the same vLLM server as a remote backend: each
+    adapter belongs to one tenant (lora-gamma to none: shared), and both tenants' adapters serve qa."""
+    path = ASSETS / "adapters"
+    adapters = [
+        {"name": "lora-alpha", "path": str(path / "lora-alpha"), "tenants": ["acme"], "roles": ["qa"]},
+        {"name": "lora-beta", "path": str(path / "lora-beta"), "tenants": ["globex"], "roles": ["qa"]},
+        {"name": "lora-gamma", "path": str(path / "lora-gamma")},
+    ]
+    remote = {"id": BASE, "backend": "vllm", "url": f"http://127.0.0.1:{vllm_port(served)}", "max_loras": 2,
+              "max_lora_rank": 8, "max_concurrency": 8, "adapters": adapters}  # fmt: skip
+    store, secrets = SqliteKeyStore(tmp_path / "data" / "keys.sqlite", create=True), {}
+    for tenant in ("acme", "globex"):
+        key, secrets[tenant] = make_key(f"{tenant}-app", tenant=tenant)
+        store.add(key)
+    store.close()
+    councils = {"qa": {"agents": ["qa"], "agent_max_tokens": 8, "director_max_tokens": 8}}
+    with run_server(tmp_path, [remote], data_dir=str(tmp_path / "data"), councils=councils) as gateway:
+
+        def ask(tenant: str, model: str, path: str = "/chat/completions", **headers: str) -> httpx.Response:
+            body = {"model": model, "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
+            headers["authorization"] = f"Bearer {secrets[tenant]}"
+            if path != "/chat/completions":
+                return httpx.get(f"{gateway.v1}{path}", headers=headers, timeout=30)
+            return httpx.post(f"{gateway.v1}{path}", json=body, headers=headers, timeout=120)
+
+        listed = {t: [m["id"] for m in ask(t, "", "/models").json()["data"] if not m["id"].startswith("konsilium")]
+                  for t in secrets}  # fmt: skip
+        assert listed == {"acme": [BASE, "lora-alpha", "lora-gamma"], "globex": [BASE, "lora-beta", "lora-gamma"]}
+        assert (ask("acme", "lora-alpha").headers["x-konsilium-model"], ask("acme", "lora-gamma").status_code) == (
+            "lora-alpha",
+            200,
+        )
+        hidden, unknown = ask("acme", "lora-beta"), ask("acme", "lora-zeta")
+        assert (hidden.status_code, unknown.status_code) == (404, 404)
+        assert hidden.json()["error"] == {**unknown.json()["error"], "message": "The model 'lora-beta' does not exist."}
+        assert ask("acme", "", "/models/lora-beta").status_code == 404
+        for tenant, own in (("acme", "lora-alpha"), ("globex", "lora-beta")):  # routing picks only its own
+            routed = ask(tenant, "auto", **{"x-konsilium-role": "qa"})
+            assert (routed.status_code, routed.headers["x-konsilium-model"]) == (200, own)
+            seat = ask(tenant, "konsilium/qa").json()["konsilium"]["agents"][0]
+            assert (seat["status"], seat["adapter"]) == ("ok", own)
 
 
 def test_vllm_killed_requests_fall_back_and_the_next_request_restarts_it(served: Server) -> None:

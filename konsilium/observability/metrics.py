@@ -120,6 +120,21 @@ class Metrics(Collector):
         self.redactions = CounterSeries(
             "konsilium_privacy_redactions", "Values replaced by placeholders before a cloud target, by type", ["type"]
         )
+        self.key_requests = CounterSeries(
+            "konsilium_key_requests", "Requests per API key (its name, never the secret), by status",
+            ["key", "tenant", "status"],
+        )  # fmt: skip
+        self.key_tokens = CounterSeries("konsilium_key_tokens", "Tokens per API key", ["key", "tenant", "direction"])
+        self.rate_limited = CounterSeries(
+            "konsilium_rate_limited", "Requests refused by a key's limit (requests, tokens, parallel)", ["key", "limit"]
+        )
+        self.limiter_decisions = CounterSeries(
+            "konsilium_limiter_decisions", "Limit checks by where they were decided: redis (shared) or local",
+            ["where"],
+        )  # fmt: skip
+        self.redis_failures = CounterSeries(
+            "konsilium_limiter_redis_failures", "Redis calls of the limiter that failed or timed out", ["operation"]
+        )
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -127,9 +142,24 @@ class Metrics(Collector):
         for series in (
             self.requests, self.request_duration, self.ttft, self.tpot, self.tokens, self.queue_wait, self.loads,
             self.load_duration, self.unloads, self.fallbacks, self.decisions, self.councils, self.council_calls,
-            self.verdict_duration, self.redactions,
+            self.verdict_duration, self.redactions, self.key_requests, self.key_tokens, self.rate_limited,
+            self.limiter_decisions, self.redis_failures,
         ):  # fmt: skip
             yield series.family()
+
+    # ---- keys and limits (gateway/auth.py; konsilium/tenancy's LimiterObserver) ---------------
+    def key_used(self, key: str, tenant: str, status: int, prompt_tokens: int, completion_tokens: int) -> None:
+        self.key_requests.inc((key, tenant, str(status)))
+        if prompt_tokens:
+            self.key_tokens.inc((key, tenant, "input"), prompt_tokens)
+        if completion_tokens:
+            self.key_tokens.inc((key, tenant, "output"), completion_tokens)
+
+    def limit_decided(self, where: str) -> None:
+        self.limiter_decisions.inc((where,))
+
+    def redis_failed(self, operation: str) -> None:
+        self.redis_failures.inc((operation,))
 
     # ---- Observer: the store and the router ----------------------------------------------
     def queue_waited(self, model: str, seconds: float) -> None:

@@ -132,7 +132,10 @@ class AdapterSlots:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_transport_error(exc, self._url) from exc
         if status >= 400:
-            raise _refusal(name, self._adapters[name].path, status, parse_error_body(raw).message, path)
+            message = parse_error_body(raw).message
+            if path.endswith("/load_lora_adapter") and status == 400 and "already been loaded" in message:
+                return  # another gateway in front of the same server (a replica) loaded it: resident
+            raise _refusal(name, self._adapters[name].path, status, message, path)
 
 
 def _refusal(name: str, where: str, status: int, message: str, path: str) -> GatewayError:

@@ -1,0 +1,104 @@
+"""`Tenancy`: the keys and the limiter of one gateway process, and the tick that keeps them
+fresh (keys re-read when changed, usage flushed, shared leases renewed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
+
+from konsilium.config import Config
+from konsilium.tenancy.keys import ApiKey, KeyStore, Usage, default_data_dir
+from konsilium.tenancy.limiter import Lease, Limiter, LimiterObserver
+from konsilium.tenancy.redis_limiter import RedisLimiter
+from konsilium.tenancy.redis_store import RedisKeyStore, sync_client
+from konsilium.tenancy.ring import KeyRing
+from konsilium.tenancy.sqlite_store import SqliteKeyStore
+
+log = logging.getLogger(__name__)
+KEYS_FILE = "keys.sqlite"
+
+
+def open_store(config: Config, *, create: bool = False) -> KeyStore:
+    """Redis when `redis_url` is set, else `<data_dir>/keys.sqlite` (`create`: the CLI makes it)."""
+    if config.redis_url is not None:
+        return RedisKeyStore(sync_client(config.redis_url, config.tenancy.redis_timeout_ms / 1000))
+    directory = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
+    return SqliteKeyStore(directory / KEYS_FILE, create=create)
+
+
+def limiter_client(url: str, timeout_s: float) -> redis.asyncio.Redis:
+    """The limiter's connection. One connection, not redis-py's pool: taking a connection from
+    the pool and checking it cost ~150 us of CPU per call here, more than the call itself; one
+    admission is a single short script, so calls queue on it briefly under load. No retries: a
+    failure is the limiter's breaker's to handle (a retry would only make a dead Redis slower).
+    No maintenance notifications (a Redis Cloud feature, a handler per call)."""
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        single_connection_client=True,
+        retry=Retry(NoBackoff(), 0),
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
+    )
+
+
+class Tenancy:
+    def __init__(self, config: Config, *, observer: LimiterObserver | None = None) -> None:
+        self._settings = config.tenancy
+        self.ring = KeyRing(open_store(config))
+        self._redis: redis.asyncio.Redis | None = None
+        if config.redis_url is not None:
+            self._redis = limiter_client(config.redis_url, config.tenancy.redis_timeout_ms / 1000)
+        shared = RedisLimiter(self._redis) if self._redis is not None else None
+        self.limiter = Limiter(shared, config.tenancy, observer=observer)
+        self._ticking: asyncio.Task[None] | None = None
+
+    @property
+    def completion_reserve_tokens(self) -> int:
+        return self._settings.completion_reserve_tokens
+
+    async def start(self) -> None:
+        """Read the keys once before serving (a store that fails is retried every tick)."""
+        await self.ring.refresh()
+        self._ticking = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.refresh_s)
+            try:
+                await self.ring.refresh()
+                await self.limiter.renew()
+            except Exception:  # the tick must outlive any one failure
+                log.exception("the tenancy tick failed")
+
+    async def close(self) -> None:
+        if self._ticking is not None:
+            self._ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticking
+        await self.limiter.close()  # the releases not yet given back
+        await self.ring.refresh()  # the last usage counted here
+        await asyncio.to_thread(self.ring.store.close)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def finished(
+        self, key: ApiKey, lease: Lease | None, prompt_tokens: int, completion_tokens: int, *, error: bool
+    ) -> None:
+        """A request of `key` ended: counted, and its unused tokens and its parallel slot go back."""
+        self.ring.used(key, prompt_tokens, completion_tokens, error=error)
+        if lease is not None:
+            await self.limiter.release(lease, prompt_tokens + completion_tokens)
+
+    def usage(self, stored: dict[str, Usage]) -> dict[str, Usage]:
+        """What the store holds, plus what this replica counted since its last flush."""
+        for key_id, pending in self.ring.pending().items():
+            stored.setdefault(key_id, Usage()).add(pending)
+        return stored
