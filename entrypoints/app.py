@@ -104,7 +104,7 @@ def create_app(
 
 
 def warn_if_open(config: Config, tenancy: Tenancy) -> None:
-    if not is_loopback(config.host) and tenancy.ring.loaded and not tenancy.ring.enabled:
+    if not is_loopback(config.host) and tenancy.ring.loaded and not tenancy.ring.enabled and not tenancy.required:
         log.warning(
             "listening on %s without API keys: whoever reaches port %d can use every model "
             "(create one with `konsilium keys create --name NAME`)", config.host, config.port,

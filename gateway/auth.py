@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
@@ -42,7 +43,9 @@ from konsilium.tenancy.window import Decision
 from model_store.types import GenerationRequest
 from routing.requests import Access, estimated_tokens
 
-GUARDED = ("/v1/", "/admin/")
+GUARDED = ("/v1/", "/admin/", "/metrics")  # /metrics names keys, tenants and their adapters: an admin's
+ADMIN_ONLY = ("/admin/", "/metrics")
+PARALLEL_RETRY_MS = 1000
 NO_KEY = "Missing API key: pass a Konsilium key as `Authorization: Bearer <key>` (or `x-api-key: <key>`)."
 BAD_KEY = "Invalid API key: the key given is unknown or revoked."
 LIMITS = {"requests": "requests per minute (RPM)", "tokens": "tokens per minute (TPM)",
@@ -93,7 +96,7 @@ class KeyAuth:
         if not ring.loaded:
             await send_error(send, KeyStoreUnavailableError("The API keys cannot be read yet.", retry_after=1))
             return
-        if not ring.enabled:
+        if not ring.enabled and not tenancy.required:
             await self.app(scope, receive, send)
             return
         secret = presented(scope["headers"])
@@ -101,8 +104,8 @@ class KeyAuth:
         if key is None:
             await send_error(send, AuthenticationError(BAD_KEY if secret is not None else NO_KEY))
             return
-        if scope["path"].startswith("/admin/") and not key.admin:
-            await send_error(send, PermissionDeniedError("The admin API needs an admin key (keys create --admin)."))
+        if scope["path"].startswith(ADMIN_ONLY) and not key.admin:
+            await send_error(send, PermissionDeniedError(f"{scope['path']} needs an admin key (keys create --admin)."))
             return
         await self._serve(tenancy, key, scope, receive, send)
 
@@ -119,8 +122,14 @@ class KeyAuth:
                 await self._ended(tenancy, caller, record)
 
     async def _ended(self, tenancy: Tenancy, caller: Caller, record: observe.RequestRecord) -> None:
+        """An answer that ended before its usage was known (the client left, the stream broke)
+        after a model took it (`record.role` is set once dispatched) is charged its whole
+        reservation: leaving early must not make the tokens free."""
         key, prompt, completion, status = caller.key, record.prompt_tokens, record.completion_tokens, record.status
-        await tenancy.finished(key, caller.lease, prompt, completion, error=status >= 400)
+        charged = prompt + completion
+        if not charged and record.role and caller.lease is not None:
+            charged = caller.lease.reserved
+        await tenancy.finished(key, caller.lease, prompt, completion, charged, error=status >= 400)
         if self.metrics is not None:
             self.metrics.key_used(key.name, key.tenant or "", status, prompt, completion)
 
@@ -142,17 +151,21 @@ async def send_error(send: Send, error: GatewayError) -> None:
     await send(whole)
 
 
-async def admit(tenancy: Tenancy | None, generation: GenerationRequest, metrics: Metrics | None) -> None:
-    """Take the request's place in its key's limits, or refuse it with a 429."""
+async def admit(tenancy: Tenancy | None, generation: GenerationRequest, metrics: Metrics | None) -> GenerationRequest:
+    """Take the request's place in its key's limits, or refuse it with a 429. A key with a token
+    limit gets no answer longer than what was reserved for it: without `max_tokens`, the reserve
+    (`tenancy.completion_reserve_tokens`) becomes its `max_tokens`."""
     caller = CALLER.get()
     if tenancy is None or caller is None or not caller.key.limited:
-        return
+        return generation
     key = caller.key
     reserve = generation.max_tokens or tenancy.completion_reserve_tokens
     caller.lease = lease = await tenancy.limiter.acquire(key, estimated_tokens(generation) + reserve)
     decision = lease.decision
     if decision.admitted:
-        return
+        if key.tpm is not None and generation.max_tokens is None:
+            return msgspec.structs.replace(generation, max_tokens=reserve)
+        return generation
     if metrics is not None:
         metrics.rate_limited.inc((key.name, decision.refused_by.removesuffix("_too_large")))
     raise refusal(key, lease.reserved, decision)
@@ -166,6 +179,8 @@ def refusal(key: ApiKey, requested: int, decision: Decision) -> RateLimitError:
             "(the prompt's estimate plus max_tokens). Lower max_tokens or shorten the prompt."
         )
     wait_ms = decision.retry_after_ms
+    if decision.refused_by == "parallel":  # a slot frees when a request ends, mostly long before its lease would
+        wait_ms = min(wait_ms, PARALLEL_RETRY_MS)
     return RateLimitError(
         f"Rate limit reached for key {key.name!r} on {limit}. Please try again in {duration(wait_ms)}.",
         retry_after=max(1, math.ceil(wait_ms / 1000)),

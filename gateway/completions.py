@@ -82,7 +82,7 @@ async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
     body = await decode(request, p.chat_request_decoder)
     generation = convert.chat_request(body)
     services: Services = request.app.state.services
-    await auth.admit(services.tenancy, generation, services.metrics)
+    generation = await auth.admit(services.tenancy, generation, services.metrics)
     name = council.council_name(services, body.model)
     if name is not None:
         record = observe.current()
@@ -103,6 +103,6 @@ async def completions(request: AnyRequest) -> Response[bytes] | Stream:
         )
     generation = convert.completion_request(body)
     services: Services = request.app.state.services
-    await auth.admit(services.tenancy, generation, services.metrics)
+    generation = await auth.admit(services.tenancy, generation, services.metrics)
     logprobs = body.logprobs is not None
     return await respond(request, body, generation, lambda model: CompletionResponder(model, logprobs=logprobs))

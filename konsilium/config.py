@@ -147,6 +147,9 @@ class TenancyConfig(_Strict, frozen=True):
     `redis_url` is set (what replicas share), else in `<data_dir>/keys.sqlite`; with no key at
     all, nothing is asked of a caller."""
 
+    # keys are asked for even when the store holds none (every request a 401 then): a replica that
+    # starts against an emptied Redis stays closed. Default: on with redis_url, off without
+    require_keys: bool | None = None
     replicas: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1  # while Redis is down: limit / replicas each
     refresh_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0  # how soon a key change reaches this replica
     redis_timeout_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] = 100.0  # connect and read, per call
@@ -197,7 +200,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
             if len(set(roles)) != len(roles):
                 raise ValueError(f"councils.{name}.agents: each role sits once, got {roles}")
         if self.redis_url is not None and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"redis_url: expected a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
+            scheme = urlsplit(self.redis_url).scheme or "none"  # the URL itself may hold a password
+            raise ValueError(f"redis_url: expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
+        if self.tenancy.refresh_s > self.tenancy.lease_ttl_s / 3:
+            raise ValueError(
+                "tenancy.refresh_s: at most a third of tenancy.lease_ttl_s (leases are renewed on its tick)"
+            )
         for i, term in enumerate(self.privacy.denylist):
             if not term.strip():
                 raise ValueError(f"privacy.denylist[{i}]: an empty term")

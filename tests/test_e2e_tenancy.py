@@ -33,6 +33,7 @@ SETTINGS = {"tenancy": {"replicas": 2, "refresh_s": 1.0, "redis_retry_s": 1.0, "
 class Fleet:
     def __init__(self, redis: RedisServer, config: Path, replicas: list[Server]) -> None:
         self.redis, self.config, self.replicas = redis, config, replicas
+        self.admin = ""  # an admin key's secret: /metrics and /admin want one
 
     def keys(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "entrypoints.cli", "keys", *args, "--config", str(self.config)]
@@ -59,7 +60,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         config = tmp / "keys.yaml"
         config.write_text(yaml.safe_dump(settings), encoding="utf-8")
         fleet = Fleet(redis, config, [])
-        fleet.create("ops", "--admin")  # keys are on from the start
+        fleet.admin = fleet.create("ops", "--admin")  # keys are on from the start
         model = llama_model(n_ctx=512, max_concurrency=2)
         with run_server(tmp, [model], **settings) as first, run_server(tmp, [model], **settings) as second:
             fleet.replicas = [first, second]
@@ -72,8 +73,8 @@ def chat(server: Server, secret: str, max_tokens: int = 1, **options: Any) -> ht
     return httpx.post(f"{server.v1}/chat/completions", json=body, headers=headers, timeout=60)
 
 
-def metric(server: Server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+def metric(server: Server, admin: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", headers={"x-api-key": admin}, timeout=10).text
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     pattern = rf"^{name}(?:\{{{re.escape(wanted)}\}})? (\S+)$" if wanted else rf"^{name} (\S+)$"
     found = re.search(pattern, text, re.M)
@@ -112,8 +113,8 @@ def test_tokens_are_reserved_up_front_and_the_unused_part_comes_back(fleet: Flee
     reserved = 5000 - int(first.headers["x-ratelimit-remaining-tokens"])
     usage = first.json()["usage"]
     used = usage["prompt_tokens"] + usage["completion_tokens"]
-    assert reserved >= 64 + 1
-    assert used < reserved
+    assert reserved >= 64 + 1  # max_tokens plus the prompt's estimate (the chat template's tokens are not in it)
+    time.sleep(RELEASE_BATCH_S * 5)  # the unused part goes back within a release batch of the answer's end
     second = chat(fleet.replicas[1], secret, max_tokens=64)  # the other replica sees the refund
     assert int(second.headers["x-ratelimit-remaining-tokens"]) == 5000 - used - reserved
     too_large = chat(fleet.replicas[0], secret, max_tokens=6000)
@@ -165,32 +166,35 @@ def test_usage_per_key_adds_up_over_the_replicas(fleet: Fleet) -> None:
     usage = next(k for k in listed.json()["keys"] if k["name"] == "counted")["usage"]
     assert (usage["requests"], usage["completion_tokens"], usage["errors"]) == (4, 4, 0)
     assert usage["last_used"] is not None
-    assert metric(fleet.replicas[0], "konsilium_key_requests_total", key="counted", status="200", tenant="") == 2
+    assert (
+        metric(fleet.replicas[0], fleet.admin, "konsilium_key_requests_total", key="counted", status="200", tenant="")
+        == 2
+    )
 
 
 def test_redis_failing_never_fails_a_request_and_shared_limits_come_back(fleet: Fleet) -> None:
     secret = fleet.create("through-outage", "--rpm", "1000")
     assert [chat(s, secret).status_code for s in fleet.replicas] == [200, 200]
-    assert all(metric(s, "konsilium_limiter_shared") == 1 for s in fleet.replicas)
+    assert all(metric(s, fleet.admin, "konsilium_limiter_shared") == 1 for s in fleet.replicas)
     for outage in (fleet.redis.kill, fleet.redis.pause):  # gone (refused), then hung (no answer)
         outage()
         statuses = [chat(fleet.replicas[i % 2], secret).status_code for i in range(10)]
         assert statuses == [200] * 10, statuses
         for server in fleet.replicas:
-            assert metric(server, "konsilium_limiter_shared") == 0
-            assert metric(server, "konsilium_limiter_decisions_total", where="local") > 0
-            assert metric(server, "konsilium_limiter_redis_failures_total", operation="acquire") > 0
+            assert metric(server, fleet.admin, "konsilium_limiter_shared") == 0
+            assert metric(server, fleet.admin, "konsilium_limiter_decisions_total", where="local") > 0
+            assert metric(server, fleet.admin, "konsilium_limiter_redis_failures_total", operation="acquire") > 0
             assert httpx.get(f"{server.v1}/models", timeout=10).status_code == 401  # keys still asked for
         if outage == fleet.redis.kill:
             fleet.redis.start()  # the same port, empty: the replicas keep the keys they know
         else:
             fleet.redis.resume()
         time.sleep(SETTINGS["tenancy"]["redis_retry_s"] * 1.2)
-        before = [metric(s, "konsilium_limiter_decisions_total", where="redis") for s in fleet.replicas]
+        before = [metric(s, fleet.admin, "konsilium_limiter_decisions_total", where="redis") for s in fleet.replicas]
         assert [chat(s, secret).status_code for s in fleet.replicas for _ in range(2)] == [200] * 4
-        after = [metric(s, "konsilium_limiter_decisions_total", where="redis") for s in fleet.replicas]
+        after = [metric(s, fleet.admin, "konsilium_limiter_decisions_total", where="redis") for s in fleet.replicas]
         assert [a - b for a, b in zip(after, before, strict=True)] == [2, 2]
-        assert all(metric(s, "konsilium_limiter_shared") == 1 for s in fleet.replicas)
+        assert all(metric(s, fleet.admin, "konsilium_limiter_shared") == 1 for s in fleet.replicas)
     log = json.dumps([s.log.read_text() if s.log else "" for s in fleet.replicas])
     assert "limits are per replica" in log
     assert "limits are shared again" in log

@@ -24,12 +24,15 @@ from entrypoints.cli import main
 from gateway.auth import BAD_KEY, NO_KEY, duration, presented
 from gateway.services import Services
 from konsilium.config import TenancyConfig
+from konsilium.errors import BackendError
 from konsilium.observability.logs import JsonFormatter
 from konsilium.tenancy.keys import SECRET, ApiKey, KeyStoreError, Usage, digest_of, make_key
+from konsilium.tenancy.limiter import Limiter
 from konsilium.tenancy.sqlite_store import SqliteKeyStore
+from model_store.types import TextDelta
 from routing.requests import Access
 from tests.scripted import ScriptedBackend
-from tests.test_inprocess import ask, serving
+from tests.test_inprocess import Clock, ask, serving
 
 
 def store_in(directory: Path) -> SqliteKeyStore:
@@ -223,8 +226,9 @@ async def test_limits_without_redis_are_decided_here_with_openais_headers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, secret = add(tmp_path, "tight", rpm=2, tpm=100)
+    _, admin = add(tmp_path, "ops", admin=True)
     caplog.set_level(logging.INFO, logger="konsilium.access")
-    async with gateway(tmp_path) as (client, services):
+    async with gateway(tmp_path) as (client, _):
         first = await client.post("/v1/chat/completions", json=ask(max_tokens=10), headers=bearer(secret))
         assert first.status_code == 200
         assert (first.headers["x-ratelimit-limit-requests"], first.headers["x-ratelimit-remaining-requests"]) == (
@@ -245,11 +249,10 @@ async def test_limits_without_redis_are_decided_here_with_openais_headers(
         assert 59_000 < retry_ms <= 60_000
         assert third.headers["retry-after"] == str(-(-retry_ms // 1000))
         assert third.headers["x-ratelimit-remaining-requests"] == "0"
-        metrics = (await client.get("/metrics")).text
+        assert (await client.get("/metrics", headers=bearer(secret))).status_code == 403  # names every key
+        metrics = (await client.get("/metrics", headers=bearer(admin))).text
         assert 'konsilium_rate_limited_total{key="tight",limit="requests"} 1.0' in metrics
         assert 'konsilium_key_requests_total{key="tight",status="200",tenant=""} 2.0' in metrics
-        assert services.tenancy is not None
-        assert not services.tenancy.limiter.shared_up
     lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name == "konsilium.access"]
     assert [(line["key"], line["tenant"], line["status"]) for line in lines if "key" in line][-1] == (
         "tight",
@@ -276,3 +279,51 @@ async def test_keys_unreadable_at_start_refuse_cleanly_until_read(tmp_path: Path
         assert reply.headers["retry-after"] == "1"
         assert reply.json() == error("key_store_unavailable", "The API keys cannot be read yet.", kind="server_error")
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_with_keys_required_an_empty_store_lets_nobody_in(tmp_path: Path) -> None:
+    """What a replica does that starts against an emptied Redis (require_keys is on with redis_url)."""
+    async with gateway(tmp_path, tenancy=TenancyConfig(require_keys=True)) as (client, _):
+        reply = await client.post("/v1/chat/completions", json=ask())
+        assert (reply.status_code, reply.json()) == (401, error("invalid_api_key", NO_KEY))
+
+
+async def test_an_answer_cut_short_is_charged_its_whole_reservation(tmp_path: Path) -> None:
+    _, secret = add(tmp_path, "leaver", tpm=1000)
+    broken = ScriptedBackend("a", replies=[[TextDelta(text="hel"), BackendError("the worker died")]])
+    async with serving({"a": broken}, data_dir=str(tmp_path)) as (client, _):
+        body = ask(max_tokens=50, stream=True)
+        async with client.stream("POST", "/v1/chat/completions", json=body, headers=bearer(secret)) as cut:
+            frames = [line async for line in cut.aiter_lines() if line.startswith("data: ")]
+        assert '"error"' in frames[-2]
+        assert frames[-1] == "data: [DONE]"
+        reserved = 1000 - int(cut.headers["x-ratelimit-remaining-tokens"])
+        after = await client.post("/v1/chat/completions", json=ask(max_tokens=50), headers=bearer(secret))
+        # no usage came back for the first: all it reserved stays charged (not 0: leaving early is not free)
+        assert int(after.headers["x-ratelimit-remaining-tokens"]) == 1000 - reserved - reserved
+
+
+async def test_a_key_without_max_tokens_is_held_to_its_reservation(tmp_path: Path) -> None:
+    _, secret = add(tmp_path, "capped", tpm=100_000)
+    backend = ScriptedBackend("a")
+    async with serving({"a": backend}, data_dir=str(tmp_path), tenancy=TenancyConfig(completion_reserve_tokens=77)) as (
+        client,
+        _,
+    ):
+        body = {"model": "a", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await client.post("/v1/chat/completions", json=body, headers=bearer(secret))).status_code == 200
+    assert backend.requests[-1].max_tokens == 77
+
+
+async def test_a_local_parallel_slot_holds_for_a_request_longer_than_its_lease() -> None:
+    clock = Clock()
+    limiter = Limiter(None, TenancyConfig(lease_ttl_s=6, refresh_s=1), clock=clock)
+    key, _ = make_key("slow", max_parallel=1)
+    first = await limiter.acquire(key, 10)
+    for _ in range(10):  # 20 s of one long stream, renewed on every tick
+        clock.now += 2
+        await limiter.renew()
+    assert first.decision.admitted
+    assert not (await limiter.acquire(key, 10)).decision.admitted
+    await limiter.release(first, 10)
+    assert (await limiter.acquire(key, 10)).decision.admitted

@@ -226,6 +226,10 @@ async def test_keys_share_a_hash_tag_and_vanish_when_idle(client: redis.asyncio.
     brief = RedisLimiter(client, period_ms=200, prefix="brief")
     await brief.acquire("key-1", Limits(rpm=5, tpm=500, max_parallel=2), 7, "a", 200)
     assert await client.exists(*brief.keys_of("key-1")) == 4
+    await brief.release("key-1", "a", 7, 3)  # the true-up rewrites the only token entry: it keeps its expiry
+    _, tokens, _, sums = brief.keys_of("key-1")
+    assert 0 < await client.pttl(tokens) <= 200
+    assert 0 < await client.pttl(sums) <= 200
     await asyncio.sleep(0.4)
     assert await client.exists(*brief.keys_of("key-1")) == 0
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Protocol
 
 import msgspec
 
+log = logging.getLogger(__name__)
 SECRET_PREFIX = "ksk-"
 SECRET = re.compile(r"ksk-[A-Za-z0-9_-]{43}")
 KeyName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -111,6 +113,21 @@ class KeyStore(Protocol):
     def usage(self) -> dict[str, Usage]: ...
 
     def close(self) -> None: ...
+
+
+_decode_key = msgspec.json.Decoder(ApiKey).decode
+
+
+def decode_keys(records: Iterable[bytes], where: str) -> list[ApiKey]:
+    """The records that decode; one that does not (written by hand, by a newer version) is left
+    out with a warning: its key stops working, the rest go on (closed for it, never open)."""
+    keys = []
+    for record in records:
+        try:
+            keys.append(_decode_key(record))
+        except msgspec.DecodeError as exc:
+            log.warning("%s: a key record that cannot be read is ignored: %s", where, exc)
+    return keys
 
 
 def default_data_dir() -> Path:

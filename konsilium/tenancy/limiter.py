@@ -54,6 +54,15 @@ class _Unobserved:
         pass
 
 
+@dataclass(frozen=True)
+class Release:
+    key_id: str
+    lease_id: str
+    reserved: int
+    actual: int
+    at: float  # when the request ended (the limiter's clock)
+
+
 @dataclass
 class Lease:
     key: ApiKey
@@ -92,8 +101,8 @@ class Limiter:
         self._down = False  # the last call failed: decided here until a probe succeeds
         self._retry_at = 0.0  # when the next probe may go
         self._probing = False
-        self._in_flight: dict[str, Lease] = {}  # shared leases held, renewed until released
-        self._releases: list[tuple[str, str, int, int]] = []  # ended, not yet given back
+        self._in_flight: dict[str, Lease] = {}  # leases held (shared and local), renewed until released
+        self._releases: list[Release] = []  # ended, not yet given back to Redis
         self._flush_at: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Future[None]] = set()
         self._renewed = clock()
@@ -114,26 +123,34 @@ class Limiter:
         decision = await self._shared_call("acquire", self._acquire_shared(key, cost, lease_id, ttl_ms))
         if decision is not None:
             lease = Lease(key, lease_id, cost, decision, shared=True)
-            if lease.held:
-                self._in_flight[lease_id] = lease
             self._observer.limit_decided("redis")
-            return lease
-        limits = limits_of(key, self._settings.replicas if self._shared is not None else 1)
-        self._observer.limit_decided("local")
-        return Lease(key, lease_id, cost, self._local.acquire(key.id, limits, cost, lease_id, ttl_ms), shared=False)
+        else:
+            if self._shared is not None and (key.tpm is not None or key.max_parallel is not None):
+                # a call that timed out may still have run: its lease is given back (a no-op if not)
+                self._queue(Release(key.id, lease_id, cost, 0, self._clock()))
+            limits = limits_of(key, self._settings.replicas if self._shared is not None else 1)
+            lease = Lease(
+                key, lease_id, cost, self._local.acquire(key.id, limits, cost, lease_id, ttl_ms), shared=False
+            )
+            self._observer.limit_decided("local")
+        if lease.held:
+            self._in_flight[lease_id] = lease
+        return lease
 
     async def _acquire_shared(self, key: ApiKey, cost: int, lease_id: str, ttl_ms: int) -> Decision:
         assert self._shared is not None
         return await self._shared.acquire(key.id, limits_of(key), cost, lease_id, ttl_ms)
 
     async def release(self, lease: Lease, actual: int) -> None:
-        if not lease.held:
-            return
+        if self._in_flight.pop(lease.id, None) is None:
+            return  # nothing held, or given back already
         if not lease.shared:
             self._local.release(lease.key.id, lease.id, lease.reserved, actual)
-            return
-        self._in_flight.pop(lease.id, None)
-        self._releases.append((lease.key.id, lease.id, lease.reserved, actual))
+        else:
+            self._queue(Release(lease.key.id, lease.id, lease.reserved, actual, self._clock()))
+
+    def _queue(self, release: Release) -> None:
+        self._releases.append(release)
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(RELEASE_BATCH_S, self._flush_soon)
 
@@ -144,10 +161,24 @@ class Limiter:
         task.add_done_callback(self._flushing.discard)
 
     async def flush(self) -> None:
-        """Send the releases gathered since the last flush, in one pipeline."""
+        """Give back what ended since the last flush: one call per key. What Redis does not take
+        (down, failing) is kept and sent again once it answers (a release is idempotent), until
+        its lease would have expired there anyway."""
         batch, self._releases = self._releases, []
-        if batch and self._shared is not None:
-            await self._shared_call("release", self._shared.release_many(batch))
+        by_key: dict[str, list[Release]] = {}
+        for release in batch:
+            by_key.setdefault(release.key_id, []).append(release)
+        kept: list[Release] = []
+        for key_id, releases in by_key.items():
+            items = [(key_id, r.lease_id, r.reserved, r.actual) for r in releases]
+            if self._shared is None or await self._shared_call("release", self._shared.release_many(items)) is None:
+                horizon = self._clock() - self._settings.lease_ttl_s
+                kept += [r for r in releases if r.at > horizon]
+        if kept:
+            self._releases = kept + self._releases
+            if self._flush_at is None:  # again when the breaker lets a probe through
+                retry_s = max(RELEASE_BATCH_S, self._retry_at - self._clock())
+                self._flush_at = asyncio.get_running_loop().call_later(retry_s, self._flush_soon)
 
     async def close(self) -> None:
         if self._flush_at is not None:
@@ -155,20 +186,29 @@ class Limiter:
             self._flush_at = None
         await asyncio.gather(*self._flushing, return_exceptions=True)
         await self.flush()
+        if self._flush_at is not None:  # what Redis would not take now expires there by itself
+            self._flush_at.cancel()
+            self._flush_at = None
 
     async def renew(self) -> None:
-        """Keep this replica's shared leases alive (every third of their time to live)."""
+        """Keep this replica's leases alive, in Redis and here (every third of their time to live):
+        a request may run longer than `lease_ttl_s`, and its slot must hold for all of it."""
         ttl_s = self._settings.lease_ttl_s
-        if self._shared is None or not self._in_flight or self._clock() - self._renewed < ttl_s / 3:
+        if not self._in_flight or self._clock() - self._renewed < ttl_s / 3:
             return
         self._renewed = self._clock()
-        by_key: dict[str, list[str]] = {}
+        shared: dict[str, list[str]] = {}
+        local: dict[str, list[str]] = {}
         for lease in self._in_flight.values():
-            by_key.setdefault(lease.key.id, []).append(lease.id)
-        await self._shared_call("renew", self._shared.renew(by_key, int(ttl_s * 1000)))
+            (shared if lease.shared else local).setdefault(lease.key.id, []).append(lease.id)
+        self._local.renew(local, int(ttl_s * 1000))
+        if shared and self._shared is not None:
+            await self._shared_call("renew", self._shared.renew(shared, int(ttl_s * 1000)))
 
     async def _shared_call(self, operation: str, call: Coroutine[object, object, T]) -> T | None:
-        """The call's result, or None when Redis is down (the breaker open) or fails now."""
+        """The call's result, or None when Redis is down (the breaker open) or fails now. Only
+        the probe (a call made while the breaker is open) closes it: a call that began before it
+        opened and succeeds late says nothing about Redis now."""
         if not self._may_call():
             call.close()
             return None
@@ -187,7 +227,7 @@ class Limiter:
         finally:
             if probe:
                 self._probing = False
-        if self._down:
+        if probe and self._down:
             log.warning("redis answers again: limits are shared again")
             self._down = False
         return result

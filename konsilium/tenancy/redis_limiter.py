@@ -115,15 +115,16 @@ class RedisLimiter:
             [(key_id, ["renew", _now_arg(now_ms), self.period_ms, lease_ttl_ms, *ids]) for key_id, ids in batches]
         )
 
-    async def release_many(self, released: Sequence[tuple[str, str, int, int]]) -> None:
+    async def release_many(self, released: Sequence[tuple[str, str, int, int]]) -> int:
         """Several requests' releases (key id, lease id, reserved, actual): one script call per
         key, one after the other on the same connection (a pipeline would take a second one from
-        redis-py's pool, which costs more here than the calls it saves)."""
+        redis-py's pool, which costs more here than the calls it saves). Returns the calls made."""
         by_key: dict[str, list[str | int]] = {}
         for key_id, lease_id, reserved, actual in released:
             by_key.setdefault(key_id, ["release", "", self.period_ms]).extend([lease_id, reserved, max(0, actual)])
         for key_id, args in by_key.items():
             await self._call(key_id, args)
+        return len(by_key)
 
     async def _pipelined(self, calls: Sequence[tuple[str, Sequence[str | int]]], *, sha: bool = True) -> None:
         """Several script calls in one round trip (EVALSHA; all again as EVAL if the script is unknown)."""

@@ -15,10 +15,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, usage_of
+from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, decode_keys, usage_of
 
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(ApiKey).decode
 
 
 def sync_client(url: str, timeout_s: float) -> redis.Redis:
@@ -46,7 +45,8 @@ class RedisKeyStore:
             records = self._redis.hvals(self._keys)
         except (RedisError, OSError) as exc:
             raise KeyStoreError(f"redis: {exc}") from exc
-        return sorted((_decode(r) for r in records), key=lambda k: (k.created, k.id))
+        raw = [r.encode() if isinstance(r, str) else r for r in records]
+        return sorted(decode_keys(raw, "redis"), key=lambda k: (k.created, k.id))
 
     def add(self, key: ApiKey) -> None:
         try:

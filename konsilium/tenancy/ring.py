@@ -67,26 +67,31 @@ class KeyRing:
         return self._pending
 
     async def refresh(self) -> None:
-        """One tick: re-read the keys if their version moved; flush the usage counted here."""
+        """One tick: re-read the keys if their version moved, then flush the usage counted here
+        (a flush that fails keeps the counts for the next tick and does not undo the read)."""
         try:
             keys = await asyncio.to_thread(self._read)
-            pending, self._pending = self._pending, {}
-            try:
-                await asyncio.to_thread(self.store.add_usage, pending)
-            except KeyStoreError:
-                for key_id, usage in pending.items():  # counted again at the next tick
-                    self._pending.setdefault(key_id, Usage()).add(usage)
-                raise
         except KeyStoreError as exc:
-            if not self._failing:
-                log.warning("the key store cannot be read (%s): the keys read last stay in force", exc)
-            self._failing = True
+            self._failed(exc)
+            return
+        if keys is not None:
+            self._replace(*keys)
+        pending, self._pending = self._pending, {}
+        try:
+            await asyncio.to_thread(self.store.add_usage, pending)
+        except KeyStoreError as exc:
+            for key_id, usage in pending.items():  # counted again at the next tick
+                self._pending.setdefault(key_id, Usage()).add(usage)
+            self._failed(exc)
             return
         if self._failing:
             log.warning("the key store answers again")
         self._failing = False
-        if keys is not None:
-            self._replace(*keys)
+
+    def _failed(self, exc: KeyStoreError) -> None:
+        if not self._failing:
+            log.warning("the key store cannot be read (%s): the keys read last stay in force", exc)
+        self._failing = True
 
     def _replace(self, version: int, keys: list[ApiKey]) -> None:
         """A version that went back is a store that lost its data (a Redis restarted without

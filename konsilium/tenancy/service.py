@@ -53,6 +53,8 @@ class Tenancy:
     def __init__(self, config: Config, *, observer: LimiterObserver | None = None) -> None:
         self._settings = config.tenancy
         self.ring = KeyRing(open_store(config))
+        required = config.tenancy.require_keys
+        self.required = required if required is not None else config.redis_url is not None
         self._redis: redis.asyncio.Redis | None = None
         if config.redis_url is not None:
             self._redis = limiter_client(config.redis_url, config.tenancy.redis_timeout_ms / 1000)
@@ -90,12 +92,13 @@ class Tenancy:
             await self._redis.aclose()
 
     async def finished(
-        self, key: ApiKey, lease: Lease | None, prompt_tokens: int, completion_tokens: int, *, error: bool
+        self, key: ApiKey, lease: Lease | None, prompt_tokens: int, completion_tokens: int, charged: int, *, error: bool
     ) -> None:
-        """A request of `key` ended: counted, and its unused tokens and its parallel slot go back."""
+        """A request of `key` ended: counted, and what `charged` leaves of its reservation and its
+        parallel slot go back."""
         self.ring.used(key, prompt_tokens, completion_tokens, error=error)
         if lease is not None:
-            await self.limiter.release(lease, prompt_tokens + completion_tokens)
+            await self.limiter.release(lease, charged)
 
     def usage(self, stored: dict[str, Usage]) -> dict[str, Usage]:
         """What the store holds, plus what this replica counted since its last flush."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 
-from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, usage_of
+from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, decode_keys, usage_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL);
@@ -27,7 +27,6 @@ INSERT INTO meta (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM meta);
 """
 BUSY_TIMEOUT_S = 5.0
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(ApiKey).decode
 
 
 class SqliteKeyStore:
@@ -35,12 +34,22 @@ class SqliteKeyStore:
         """`create`: make the file (the CLI); else a missing file is an empty store (the gateway)."""
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._inode: int | None = None
         if create and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch(mode=0o600)  # the digests are not secrets, but nobody else's business either
 
     def _connect(self) -> sqlite3.Connection | None:
-        if self._db is None and self.path.exists():
+        """The open connection, or a new one when the file was replaced or removed since (a
+        connection holds on to the file it opened, not to the path)."""
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if self._db is not None and inode != self._inode:
+            self.close()
+        self._inode = inode
+        if self._db is None and inode is not None:
             try:
                 db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
@@ -64,7 +73,8 @@ class SqliteKeyStore:
         return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
     def list_keys(self) -> list[ApiKey]:
-        return [_decode(row[0]) for row in self._run("SELECT record FROM keys ORDER BY rowid")]  # type: ignore[arg-type]
+        rows = self._run("SELECT record FROM keys ORDER BY rowid")
+        return decode_keys([bytes(row[0]) for row in rows], str(self.path))  # type: ignore[call-overload]
 
     def add(self, key: ApiKey) -> None:
         try:
@@ -94,6 +104,7 @@ class SqliteKeyStore:
         rows = [(i, u.requests, u.prompt_tokens, u.completion_tokens, u.errors, u.last_used) for i, u in usage.items()]
         try:
             with db:
+                db.execute("BEGIN IMMEDIATE")  # all or nothing: a failed flush is counted again next tick
                 db.executemany(
                     "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                     "requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens, "

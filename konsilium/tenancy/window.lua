@@ -176,7 +176,10 @@ local function release()
       sum, changed = sum - reserved + actual, true
     end
   end
-  if changed then save_sum(sum, count) end
+  if changed then -- a ZREM of the last entry deleted the key: the ZADD made it again, without its expiry
+    expire_after_newest(tok, period)
+    save_sum(sum, count)
+  end
   return 1
 end
 
