@@ -1,5 +1,6 @@
-"""API keys without Redis: the secret, the SQLite store, the CLI, and the gateway's front door
-(401, 403, isolation by model, limits decided in this process), in-process on scripted models.
+"""API keys: the secret, the two stores (SQLite, and a real redis-server), the CLI, and the
+gateway's front door (401, 403, isolation by model, limits decided in this process), in-process
+on scripted models.
 
 The shared limits (Redis, two replicas) are in test_e2e_tenancy.py; tenants' LoRA adapters on a
 real vLLM in test_e2e_vllm.py.
@@ -12,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from gateway.services import Services
 from konsilium.config import TenancyConfig
 from konsilium.errors import BackendError
 from konsilium.observability.logs import JsonFormatter
-from konsilium.tenancy.keys import SECRET, ApiKey, KeyStoreError, Usage, digest_of, make_key
+from konsilium.tenancy.keys import SECRET, ApiKey, KeyStore, KeyStoreError, Usage, digest_of, make_key
 from konsilium.tenancy.limiter import Limiter
+from konsilium.tenancy.redis_store import RedisKeyStore, sync_client
 from konsilium.tenancy.sqlite_store import SqliteKeyStore
 from model_store.types import TextDelta
 from routing.requests import Access
+from tests.redis_server import run_redis
 from tests.scripted import ScriptedBackend
 from tests.test_inprocess import Clock, ask, serving
 
@@ -327,3 +330,33 @@ async def test_a_local_parallel_slot_holds_for_a_request_longer_than_its_lease()
     assert not (await limiter.acquire(key, 10)).decision.admitted
     await limiter.release(first, 10)
     assert (await limiter.acquire(key, 10)).decision.admitted
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
+    """Both real stores: a SQLite file, and a real redis-server."""
+    if request.param == "sqlite":
+        store: KeyStore = store_in(tmp_path)
+        yield store
+        store.close()
+        return
+    with run_redis(tmp_path) as server:
+        store = RedisKeyStore(sync_client(server.url, 1.0))
+        yield store
+        store.close()
+
+
+def test_either_store_keeps_a_revocation_against_a_stale_update(any_store: KeyStore) -> None:
+    key, _ = make_key("team", rpm=5)
+    any_store.add(key)
+    stale = any_store.list_keys()[0]  # `keys update` read it here...
+    any_store.replace(msgspec.structs.replace(stale, revoked=123.0))  # ...`keys revoke` wrote meanwhile...
+    any_store.replace(msgspec.structs.replace(stale, rpm=50))  # ...and the update lands
+    [after] = any_store.list_keys()
+    assert (after.rpm, after.revoked) == (50, 123.0)
+    assert any_store.version() == 3
+    with pytest.raises(KeyStoreError, match="a key named 'team' exists"):
+        any_store.add(make_key("team")[0])
+    any_store.add_usage({key.id: Usage(requests=2, completion_tokens=5, last_used=7.0)})
+    any_store.add_usage({key.id: Usage(requests=1, errors=1, last_used=9.0)})
+    assert any_store.usage() == {key.id: Usage(requests=3, completion_tokens=5, errors=1, last_used=9.0)}

@@ -130,6 +130,14 @@ def decode_keys(records: Iterable[bytes], where: str) -> list[ApiKey]:
     return keys
 
 
+def still_revoked(stored: ApiKey | None, new: ApiKey) -> ApiKey:
+    """A revocation is for good: a change written from a copy read before it (`keys update`
+    racing `keys revoke`) keeps it."""
+    if stored is not None and stored.revoked is not None and new.revoked is None:
+        return msgspec.structs.replace(new, revoked=stored.revoked)
+    return new
+
+
 def default_data_dir() -> Path:
     if "KONSILIUM_DATA_DIR" in os.environ:
         return Path(os.environ["KONSILIUM_DATA_DIR"])

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, decode_keys, usage_of
+from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, decode_keys, still_revoked, usage_of
 
 _encode = msgspec.json.Encoder().encode
 
@@ -57,8 +57,17 @@ class RedisKeyStore:
             raise KeyStoreError(f"redis: {exc}") from exc
 
     def replace(self, key: ApiKey) -> None:
+        """Read, keep a revocation, write: under WATCH, so a revocation in between is not lost."""
+
+        def update(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.hget(self._keys, key.id)
+            stored = decode_keys([raw] if isinstance(raw, bytes) else [], "redis")
+            pipe.multi()
+            pipe.hset(self._keys, key.id, _encode(still_revoked(stored[0] if stored else None, key)))
+            pipe.incr(self._version)
+
         try:
-            self._write(key)
+            self._redis.transaction(update, self._keys)
         except (RedisError, OSError) as exc:
             raise KeyStoreError(f"redis: {exc}") from exc
 

@@ -9,12 +9,12 @@ what the gateway polls.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import msgspec
 
-from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, decode_keys, usage_of
+from konsilium.tenancy.keys import ApiKey, KeyStoreError, Usage, decode_keys, still_revoked, usage_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (version INTEGER NOT NULL);
@@ -77,22 +77,32 @@ class SqliteKeyStore:
         return decode_keys([bytes(row[0]) for row in rows], str(self.path))  # type: ignore[call-overload]
 
     def add(self, key: ApiKey) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO keys (id, name, record) VALUES (?, ?, ?)", (key.id, key.name, _encode(key)))
+
         try:
-            self._write("INSERT INTO keys (id, name, record) VALUES (?, ?, ?)", (key.id, key.name, _encode(key)))
+            self._write(insert)
         except KeyStoreError as exc:
             raise KeyStoreError(f"a key named {key.name!r} exists") if "UNIQUE" in str(exc) else exc from None
 
     def replace(self, key: ApiKey) -> None:
-        self._write("UPDATE keys SET name = ?, record = ? WHERE id = ?", (key.name, _encode(key), key.id))
+        def update(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT record FROM keys WHERE id = ?", (key.id,)).fetchone()
+            stored = decode_keys([bytes(row[0])], str(self.path)) if row else []
+            fixed = still_revoked(stored[0] if stored else None, key)
+            db.execute("UPDATE keys SET name = ?, record = ? WHERE id = ?", (fixed.name, _encode(fixed), fixed.id))
 
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        self._write(update)
+
+    def _write(self, change: Callable[[sqlite3.Connection], None]) -> None:
+        """`change` and the version bump in one transaction, taken before anything is read."""
         db = self._connect()
         if db is None:
             raise KeyStoreError(f"{self.path}: no such file")
         try:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                db.execute(sql, args)
+                change(db)
                 db.execute("UPDATE meta SET version = version + 1")
         except sqlite3.Error as exc:
             raise KeyStoreError(f"{self.path}: {exc}") from exc
