@@ -2,10 +2,11 @@
 request (`admit`).
 
 `KeyAuth` is pure ASGI middleware inside the observing one, so a refusal is logged and counted
-like any answer. For `/v1/*` and `/admin/*`, once any key exists: the key comes from
-`Authorization: Bearer <key>` or `x-api-key` (Anthropic's clients); none, an unknown or a
-revoked one is a 401 `invalid_api_key`, and `/admin/*` wants an admin key (403 otherwise, on
-top of the loopback guard). The key is never logged: the access log names it by its name.
+like any answer. For `/v1/*`, `/admin/*` and `/metrics`, once any key exists (or always, with
+`tenancy.require_keys`): the key comes from `Authorization: Bearer <key>` or `x-api-key`
+(Anthropic's clients); none, an unknown or a revoked one is a 401 `invalid_api_key`, and
+`/admin/*` and `/metrics` want an admin key (403 otherwise; the admin API's loopback guard stays
+on top). The key is never logged: the access log names it by its name.
 
 `admit` runs in the handler, once the body is parsed: the request's tokens are reserved up front
 (the prompt's estimate plus `max_tokens`), in the same limiter call that counts the request and
