@@ -7,7 +7,8 @@ the same MULTI: it is the one value a replica polls. Usage is a hash per key, in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import msgspec
 import redis
@@ -27,6 +28,15 @@ def sync_client(url: str, timeout_s: float) -> redis.Redis:
     )
 
 
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Redis failing (down, a timeout, a refusal) is the store failing."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise KeyStoreError(f"redis: {exc}") from exc
+
+
 class RedisKeyStore:
     def __init__(self, client: redis.Redis, *, prefix: str = "konsilium") -> None:
         self._redis = client
@@ -34,27 +44,24 @@ class RedisKeyStore:
         self._usage = f"{prefix}:usage:"
 
     def version(self) -> int:
-        try:
+        with _translated():
             value = self._redis.get(self._version)
-        except (RedisError, OSError) as exc:
-            raise KeyStoreError(f"redis: {exc}") from exc
         return int(value) if value is not None else 0
 
     def list_keys(self) -> list[ApiKey]:
-        try:
+        with _translated():
             records = self._redis.hvals(self._keys)
-        except (RedisError, OSError) as exc:
-            raise KeyStoreError(f"redis: {exc}") from exc
         raw = [r.encode() if isinstance(r, str) else r for r in records]
         return sorted(decode_keys(raw, "redis"), key=lambda k: (k.created, k.id))
 
     def add(self, key: ApiKey) -> None:
-        try:
+        with _translated():
             if not self._redis.hsetnx(self._names, key.name, key.id):
                 raise KeyStoreError(f"a key named {key.name!r} exists")
-            self._write(key)
-        except (RedisError, OSError) as exc:
-            raise KeyStoreError(f"redis: {exc}") from exc
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._keys, key.id, _encode(key))
+                pipe.incr(self._version)
+                pipe.execute()
 
     def replace(self, key: ApiKey) -> None:
         """Read, keep a revocation, write: under WATCH, so a revocation in between is not lost."""
@@ -66,42 +73,28 @@ class RedisKeyStore:
             pipe.hset(self._keys, key.id, _encode(still_revoked(stored[0] if stored else None, key)))
             pipe.incr(self._version)
 
-        try:
+        with _translated():
             self._redis.transaction(update, self._keys)
-        except (RedisError, OSError) as exc:
-            raise KeyStoreError(f"redis: {exc}") from exc
-
-    def _write(self, key: ApiKey) -> None:
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys, key.id, _encode(key))
-            pipe.incr(self._version)
-            pipe.execute()
 
     def add_usage(self, usage: Mapping[str, Usage]) -> None:
         if not usage:
             return
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for key_id, used in usage.items():
-                    name = self._usage + key_id
-                    for field in ("requests", "prompt_tokens", "completion_tokens", "errors"):
-                        if amount := getattr(used, field):
-                            pipe.hincrby(name, field, amount)
-                    if used.last_used is not None:
-                        pipe.hset(name, "last_used", repr(used.last_used))  # the newest flush wins, near enough
-                pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise KeyStoreError(f"redis: {exc}") from exc
+        with _translated(), self._redis.pipeline(transaction=False) as pipe:
+            for key_id, used in usage.items():
+                name = self._usage + key_id
+                for field in ("requests", "prompt_tokens", "completion_tokens", "errors"):
+                    if amount := getattr(used, field):
+                        pipe.hincrby(name, field, amount)
+                if used.last_used is not None:
+                    pipe.hset(name, "last_used", repr(used.last_used))  # the newest flush wins, near enough
+            pipe.execute()
 
     def usage(self) -> dict[str, Usage]:
-        try:
-            ids = [k.id for k in self.list_keys()]
-            with self._redis.pipeline(transaction=False) as pipe:
-                for key_id in ids:
-                    pipe.hgetall(self._usage + key_id)
-                found = pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise KeyStoreError(f"redis: {exc}") from exc
+        ids = [k.id for k in self.list_keys()]
+        with _translated(), self._redis.pipeline(transaction=False) as pipe:
+            for key_id in ids:
+                pipe.hgetall(self._usage + key_id)
+            found = pipe.execute()
         return {i: usage_of({k.decode(): v for k, v in f.items()}) for i, f in zip(ids, found, strict=True) if f}
 
     def close(self) -> None:

@@ -43,9 +43,6 @@ class KeyRing:
         """Keys are asked for: at least one exists (a revoked one too)."""
         return bool(self._by_digest)
 
-    def list_keys(self) -> list[ApiKey]:
-        return list(self._by_digest.values())
-
     def authenticate(self, secret: str) -> ApiKey | None:
         """The key this secret belongs to, unless it is unknown or revoked."""
         key = self._by_digest.get(digest_of(secret))
@@ -77,6 +74,9 @@ class KeyRing:
         if keys is not None:
             self._replace(*keys)
         pending, self._pending = self._pending, {}
+        if not pending:
+            self._answered()
+            return
         try:
             await asyncio.to_thread(self.store.add_usage, pending)
         except KeyStoreError as exc:
@@ -84,6 +84,9 @@ class KeyRing:
                 self._pending.setdefault(key_id, Usage()).add(usage)
             self._failed(exc)
             return
+        self._answered()
+
+    def _answered(self) -> None:
         if self._failing:
             log.warning("the key store answers again")
         self._failing = False
