@@ -11,10 +11,16 @@ SMOLLM2_GGUF = $$($(PY) -c 'import importlib.resources as r; print(r.files("llm_
 
 .PHONY: install vllm-env redis-server run test lint bench bench-batching bench-tenancy load clean
 
+# llama-cpp-python compiles llama.cpp for this CPU (-march=native) but without Intel AMX: a
+# virtual machine may report AMX tiles it does not let a process use (seen on Firecracker VMs:
+# the first decode dies of a general protection fault at `ldtilecfg`), and AMX serves only a few
+# quantizations on the few CPUs that have it.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e '.[dev]'
+	CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

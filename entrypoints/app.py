@@ -15,9 +15,12 @@ from gateway import admin, completions, models
 from gateway import metrics as gateway_metrics
 from gateway.auth import KeyAuth
 from gateway.errors import render
+from gateway.messages import routes as messages
 from gateway.metrics import StateCollector
 from gateway.observe import ObservedApp, Telemetry
 from gateway.peer import ForwardedClientMiddleware
+from gateway.responses import routes as responses
+from gateway.responses.store import ResponseStore
 from gateway.services import Services
 from konsilium.config import Config
 from konsilium.net import is_loopback
@@ -65,9 +68,14 @@ def create_app(
     store, router, dispatcher = _routed_store(config, backends, clock or time.monotonic, metrics, observer)
     council = Council(dispatcher, observer=observer)
     tenancy = Tenancy(config, observer=metrics)
+    kept = config.responses
+    stored = ResponseStore(
+        max_items=kept.store_max_items, max_bytes=int(kept.store_max_mb * 2**20), ttl_s=kept.store_ttl_s,
+        clock=clock or time.monotonic,
+    )  # fmt: skip
     services = Services(
         config=config, store=store, router=router, dispatcher=dispatcher, council=council, tenancy=tenancy,
-        metrics=metrics,
+        metrics=metrics, responses=stored,
     )  # fmt: skip
     if metrics is not None:
         metrics.registry.register(StateCollector(store, router, tenancy))
@@ -76,6 +84,11 @@ def create_app(
             *([gateway_metrics.metrics] if metrics is not None else []),
             completions.chat_completions,
             completions.completions,
+            responses.create_response,
+            responses.retrieve_response,
+            responses.delete_response,
+            messages.create_message,
+            messages.count_tokens,
             models.list_models,
             models.retrieve_model,
             models.health,

@@ -27,8 +27,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 from gateway import observe
-from gateway import protocol as p
-from gateway.errors import error_headers, error_object
+from gateway.errors import error_body, error_headers
 from konsilium.errors import (
     AuthenticationError,
     GatewayError,
@@ -95,7 +94,7 @@ class KeyAuth:
             return
         ring = tenancy.ring
         if not ring.loaded:
-            await send_error(send, KeyStoreUnavailableError("The API keys cannot be read yet.", retry_after=1))
+            await send_error(scope, send, KeyStoreUnavailableError("The API keys cannot be read yet.", retry_after=1))
             return
         if not ring.enabled and not tenancy.required:
             await self.app(scope, receive, send)
@@ -103,10 +102,12 @@ class KeyAuth:
         secret = presented(scope["headers"])
         key = ring.authenticate(secret) if secret is not None else None
         if key is None:
-            await send_error(send, AuthenticationError(BAD_KEY if secret is not None else NO_KEY))
+            await send_error(scope, send, AuthenticationError(BAD_KEY if secret is not None else NO_KEY))
             return
         if scope["path"].startswith(ADMIN_ONLY) and not key.admin:
-            await send_error(send, PermissionDeniedError(f"{scope['path']} needs an admin key (keys create --admin)."))
+            await send_error(
+                scope, send, PermissionDeniedError(f"{scope['path']} needs an admin key (keys create --admin).")
+            )
             return
         await self._serve(tenancy, key, scope, receive, send)
 
@@ -142,8 +143,8 @@ async def send_with_limits(send: Send, caller: Caller, message: Message) -> None
     await send(message)
 
 
-async def send_error(send: Send, error: GatewayError) -> None:
-    body = p.encoder.encode(error_object(error))
+async def send_error(scope: Scope, send: Send, error: GatewayError) -> None:
+    body = error_body(scope["path"], error)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in error_headers(error).items()]
     start: HTTPResponseStartEvent = {"type": "http.response.start", "status": error.status, "headers": headers}

@@ -1,8 +1,9 @@
-"""`POST /v1/chat/completions` and `POST /v1/completions`: one flow for both.
+"""`POST /v1/chat/completions` and `POST /v1/completions`, and `answer`: the one flow every
+inference door (these two, the Responses API, Anthropic's Messages API) takes.
 
-decode + validate → convert (GenerationRequest, RouteRequest) → dispatch (routing/dispatch.py:
-role, target, fallbacks; a failure before the first byte falls back, or is a proper HTTP error)
-→ frame: an SSE stream, or the assembled JSON.
+decode + validate → convert (a `GenerationRequest`) → admit (keys and limits) → the council, or
+dispatch (routing/dispatch.py: role, target, fallbacks; a failure before the first byte falls
+back, or is a proper HTTP error) → frame with the door's `Wire`: an SSE stream, or one body.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from litestar.response import Stream
 from gateway import auth, convert, council, observe
 from gateway import protocol as p
 from gateway.errors import from_decode_error, too_deep
-from gateway.framing import ChatResponder, CompletionResponder, Responder
+from gateway.framing import Answer, ChatResponder, CompletionResponder, Wire
 from gateway.routed import route_headers, route_request
 from gateway.services import Services
 from gateway.sse import SSE_HEADERS, collect, sse_stream, unless_disconnected
 from konsilium.errors import InvalidRequestError
 from model_store.types import GenerationRequest
 
-Body = TypeVar("Body", p.ChatCompletionRequest, p.CompletionRequest)
+Body = TypeVar("Body")
 AnyRequest = Request[Any, Any, Any]
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -42,32 +43,33 @@ async def decode(request: AnyRequest, decoder: msgspec.json.Decoder[Body]) -> Bo
         raise too_deep() from None
 
 
-async def respond(
-    request: AnyRequest,
-    body: p.ChatCompletionRequest | p.CompletionRequest,
-    generation: GenerationRequest,
-    make_responder: Callable[[str], Responder],
+async def answer(
+    request: AnyRequest, model: str, generation: GenerationRequest, make_wire: Callable[[str], Wire]
 ) -> Response[bytes] | Stream:
+    """Answer `generation`, asked for as `model`, framed by the wire `make_wire(model answering)`
+    builds: a council (`konsilium`, `konsilium/<name>`) or a routed, dispatched model."""
     services: Services = request.app.state.services
+    generation = await auth.admit(services.tenancy, generation, services.metrics)
     record = observe.current()
-    record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
-    route = route_request(request.headers, body.model, services.config.routing.ab_fraction, auth.access())
+    record.stream, record.model, record.request_id = generation.stream, model, request_id(request)
+    name = council.council_name(services, model)
+    if name is not None:
+        return await council.respond(request, model, generation, name, make_wire(model))
+    route = route_request(request.headers, model, services.config.routing.ab_fraction, auth.access())
     dispatched = await unless_disconnected(request.receive, services.dispatcher.dispatch(generation, route))
     record.role, record.model = dispatched.role.role, dispatched.target
     record.fallbacks = tuple(a.target for a in dispatched.failed)
     headers = {**route_headers(dispatched), "x-request-id": record.request_id}
-    responder = make_responder(dispatched.target)
+    wire = make_wire(dispatched.target)
     events = dispatched.events
     try:
-        if not body.stream:
-            answer = await unless_disconnected(request.receive, collect(dispatched.first, events))
-            content = p.encoder.encode(responder.assemble(answer))
-            return Response(content=content, media_type="application/json", headers=headers)
+        if not generation.stream:
+            collected = await unless_disconnected(request.receive, collect(dispatched.first, events))
+            return Response(content=wire.body(Answer.of(collected)), media_type="application/json", headers=headers)
     except BaseException:
         await events.aclose()
         raise
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    stream = sse_stream(responder, dispatched.first, events, include_usage=include_usage)
+    stream = sse_stream(wire, dispatched.first, events)
     return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
@@ -76,20 +78,19 @@ def request_id(request: AnyRequest) -> str:
     return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+def include_usage(options: p.StreamOptions | None) -> bool:
+    return bool(options and options.include_usage)
+
+
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
     observe.current().inference = True
     body = await decode(request, p.chat_request_decoder)
     generation = convert.chat_request(body)
-    services: Services = request.app.state.services
-    generation = await auth.admit(services.tenancy, generation, services.metrics)
-    name = council.council_name(services, body.model)
-    if name is not None:
-        record = observe.current()
-        record.stream, record.model, record.request_id = bool(body.stream), body.model, request_id(request)
-        return await council.respond(request, body, generation, name, record.request_id)
-    logprobs = bool(body.logprobs)
-    return await respond(request, body, generation, lambda model: ChatResponder(model, logprobs=logprobs))
+    logprobs, usage = bool(body.logprobs), include_usage(body.stream_options)
+    return await answer(
+        request, body.model, generation, lambda model: ChatResponder(model, logprobs=logprobs, include_usage=usage)
+    )
 
 
 @post("/v1/completions", status_code=200)
@@ -102,7 +103,10 @@ async def completions(request: AnyRequest) -> Response[bytes] | Stream:
             param="model",
         )
     generation = convert.completion_request(body)
-    services: Services = request.app.state.services
-    generation = await auth.admit(services.tenancy, generation, services.metrics)
-    logprobs = body.logprobs is not None
-    return await respond(request, body, generation, lambda model: CompletionResponder(model, logprobs=logprobs))
+    logprobs, usage = body.logprobs is not None, include_usage(body.stream_options)
+    return await answer(
+        request,
+        body.model,
+        generation,
+        lambda model: CompletionResponder(model, logprobs=logprobs, include_usage=usage),
+    )

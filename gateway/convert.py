@@ -10,8 +10,9 @@ from typing import Any
 
 from msgspec import UNSET, UnsetType
 
+from gateway import fields
 from gateway import protocol as p
-from gateway.schemas import check_schema
+from gateway.responses.convert import input_messages  # the Responses API's items: one converter
 from konsilium.errors import InvalidRequestError, UnsupportedParameterError
 from model_store.types import GenerationRequest, JsonOutput, Message, Role, ToolCall, ToolSpec
 
@@ -25,11 +26,12 @@ _ROLES: dict[type[p.ChatMessage], Role] = {
 
 
 def chat_request(body: p.ChatCompletionRequest) -> GenerationRequest:
+    """A chat body; Responses-shaped ones (Cursor's Agent: `input`, no `messages`) as well."""
     _require_single_choice(body.n)
     return GenerationRequest(
         kind="chat",
         stream=bool(body.stream),
-        messages=tuple(_message(m, i) for i, m in enumerate(body.messages)),
+        messages=_messages(body),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         json_output=_json_output(body.response_format),
@@ -71,6 +73,17 @@ def _require_single_choice(n: int | None) -> None:
         raise UnsupportedParameterError("only n=1 is supported by this gateway's backends", param="n")
 
 
+def _messages(body: p.ChatCompletionRequest) -> tuple[Message, ...]:
+    if not isinstance(body.messages, UnsetType):
+        return tuple(_message(m, i) for i, m in enumerate(body.messages))
+    if isinstance(body.input, UnsetType):
+        raise InvalidRequestError("Missing required parameter: 'messages'.", param="messages")
+    messages = input_messages(body.input)
+    if not messages:
+        raise InvalidRequestError("`input` holds no message to answer.", param="input")
+    return messages
+
+
 def _message(message: p.ChatMessage, index: int) -> Message:
     role = _ROLES[type(message)]
     content = _text(message.content, f"messages[{index}].content")
@@ -88,14 +101,7 @@ def _message(message: p.ChatMessage, index: int) -> Message:
 def _text(content: p.Content | None, param: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
-    texts = []
-    for part in content:
-        if not isinstance(part, p.TextPart):
-            raise UnsupportedParameterError(
-                f"content parts of type {type(part).__name__} are not supported by local models", param=param
-            )
-        texts.append(part.text)
-    return "\n".join(texts)
+    return fields.joined_text(content, p.TextPart, param)
 
 
 def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -108,11 +114,7 @@ def _json_output(response_format: p.ResponseFormat | object) -> JsonOutput | Non
     if isinstance(response_format, p.JsonObjectFormat):
         return JsonOutput()
     if isinstance(response_format, p.JsonSchemaFormat):
-        schema = response_format.json_schema.schema
-        if isinstance(schema, UnsetType):
-            return JsonOutput()
-        check_schema(schema, "response_format.json_schema.schema")
-        return JsonOutput(schema=schema)
+        return fields.json_output(response_format.json_schema.schema, "response_format.json_schema.schema")
     return None
 
 
@@ -120,18 +122,20 @@ def _tool(tool: p.Tool, index: int) -> ToolSpec:
     if isinstance(tool, p.CustomTool):
         return ToolSpec(name=tool.name, description=tool.description)
     function = tool.function
-    parameters: dict[str, object] = (
-        {"type": "object", "properties": {}} if isinstance(function.parameters, UnsetType) else function.parameters
+    if function is None:  # a flat tool, as the Responses API (and Cursor's Agent) write them
+        if tool.name is None:
+            raise InvalidRequestError(
+                f"Missing required parameter: 'tools[{index}].function'.", param=f"tools[{index}].function"
+            )
+        return fields.function_tool(tool.name, tool.description, tool.parameters, f"tools[{index}].parameters")
+    return fields.function_tool(
+        function.name, function.description, function.parameters, f"tools[{index}].function.parameters"
     )
-    check_schema(parameters, f"tools[{index}].function.parameters")
-    return ToolSpec(name=function.name, description=function.description, parameters=parameters)
 
 
 def _tool_choice(choice: p.ToolChoice | object, has_tools: bool) -> str:
     if choice is UNSET:
         return "auto" if has_tools else "none"
     if isinstance(choice, p.NamedToolChoice):
-        if not has_tools:
-            raise InvalidRequestError("tool_choice names a tool but no tools were given", param="tool_choice")
-        return choice.function.name
+        return fields.named_tool(choice.function.name if choice.function else choice.name, has_tools)
     return str(choice)

@@ -1,12 +1,11 @@
-"""`"model": "konsilium"` (or `konsilium/<name>`) on `/v1/chat/completions`: the council's door.
+"""`"model": "konsilium"` (or `konsilium/<name>`) on any chat door: the council's answer.
 
-The council's events (routing/council) become one chat completion. Streaming: the agents'
-answers as `reasoning_content` deltas while they arrive, one labelled block per agent
-(council_text.py), then the Director's answer as `content`, its finish chunk carrying the
-`konsilium` report, then usage (every call's, summed) when asked for, then `[DONE]`; SSE
-comments keep the connection alive while nothing is written. Non-streaming: the verdict in
-`message.content`, the agents' blocks in `message.reasoning_content`, `konsilium` beside
-`choices`. The Director's own events are framed by the ordinary `ChatResponder`.
+The council's events (routing/council) become one answer, framed by the door's `Wire`.
+Streaming: the agents' answers as reasoning while they arrive (chat's `reasoning_content`
+deltas), one labelled block per agent (council_text.py), then the Director's answer as content,
+its finish carrying the `konsilium` report and usage (every call's, summed); SSE comments keep
+the connection alive while nothing is written. Non-streaming: the verdict as the content, the
+agents' blocks as reasoning, `konsilium` beside it.
 
 Headers go out before the body, so a stream's name the council and its seats; a non-streaming
 answer's name who answered as well (`x-konsilium-director`, `x-konsilium-agents`).
@@ -24,11 +23,11 @@ from litestar.response import Stream
 from gateway import auth, observe
 from gateway import protocol as p
 from gateway.council_text import Lanes, ending, heading
-from gateway.errors import error_object, to_gateway_error
-from gateway.framing import ChatResponder, completion_usage
+from gateway.errors import to_gateway_error
+from gateway.framing import Answer, Wire, completion_usage
 from gateway.routed import route_request
 from gateway.services import Services
-from gateway.sse import DONE, SSE_HEADERS, ended_early, frame, paced, unless_disconnected
+from gateway.sse import SSE_HEADERS, ended_early, paced, unless_disconnected
 from konsilium.config import DEFAULT_COUNCIL, Config, CouncilConfig
 from konsilium.errors import ModelNotFoundError
 from model_store.types import Finish, GenerationRequest, TextDelta, ToolCallDelta
@@ -59,26 +58,25 @@ def council_name(services: Services, model: str) -> str | None:
 
 
 async def respond(
-    request: AnyRequest, body: p.ChatCompletionRequest, generation: GenerationRequest, name: str, request_id: str
+    request: AnyRequest, model: str, generation: GenerationRequest, name: str, wire: Wire
 ) -> Response[bytes] | Stream:
     services: Services = request.app.state.services
-    council = _council(services.config, name, body.model)
+    council = _council(services.config, name, model)
     record = observe.current()
     record.role = "council"
-    route = route_request(request.headers, body.model, services.config.routing.ab_fraction, auth.access())
+    route = route_request(request.headers, model, services.config.routing.ab_fraction, auth.access())
     events = services.council.convene(name, council, generation, route)
-    chat = ChatResponder(body.model, logprobs=bool(body.logprobs))
     headers = {
-        "x-request-id": request_id,
+        "x-request-id": record.request_id,
         "x-konsilium-council": name,
         "x-konsilium-agents": ",".join(s.role for s in council.seats()),
     }
-    if not body.stream:
+    if not generation.stream:
         collected = await unless_disconnected(request.receive, _collect(events))
         summary = _summary(collected)
         _record(summary)
         return Response(
-            content=p.encoder.encode(_assemble(chat, collected, summary)),
+            content=_body(wire, collected, summary),
             media_type="application/json",
             headers={**headers, **_answered_headers(summary)},
         )
@@ -87,8 +85,7 @@ async def respond(
     except BaseException:
         await events.aclose()
         raise
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    stream = _sse(chat, opening, events, include_usage=include_usage)
+    stream = _sse(wire, opening, events)
     return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
 
@@ -130,19 +127,25 @@ def _record(summary: CouncilSummary) -> None:
     record.prompt_tokens, record.completion_tokens = summary.usage.prompt_tokens, summary.usage.completion_tokens
 
 
-def _assemble(chat: ChatResponder, events: Sequence[CouncilEvent], summary: CouncilSummary) -> p.ChatCompletion:
+def _body(wire: Wire, events: Sequence[CouncilEvent], summary: CouncilSummary) -> bytes:
     """Agents' blocks in seat order (the whole answers are known), then the Director's answer."""
     opened = {e.role: e for e in events if isinstance(e, AgentOpened)}
     blocks = [_block(e, opened.get(e.report.role)) for e in events if isinstance(e, AgentDone)]
     order = {r.role: i for i, r in enumerate(summary.agents)}
     blocks.sort(key=lambda block: order[block[0]])
     ranked = next((e for e in events if isinstance(e, Ranked)), None)
-    verdict = [e for e in events if isinstance(e, TextDelta | ToolCallDelta | Finish)]
-    completion = chat.assemble(verdict)
-    completion.choices[0].message.reasoning_content = "".join(b for _, b in blocks) + _ranking_block(ranked)
-    completion.usage = completion_usage(summary.usage)
-    completion.konsilium = report(summary)
-    return completion
+    verdict = Answer.of(e for e in events if isinstance(e, TextDelta | ToolCallDelta))
+    verdict.add(_counted(events, summary))
+    reasoning = "".join(b for _, b in blocks) + _ranking_block(ranked)
+    return wire.body(verdict, reasoning, report(summary))
+
+
+def _counted(events: Sequence[CouncilEvent], summary: CouncilSummary) -> Finish:
+    """The Director's finish, with every call's usage summed."""
+    finish = next((e for e in events if isinstance(e, Finish)), None)
+    if finish is None:
+        raise ended_early()
+    return Finish(reason=finish.reason, usage=summary.usage)
 
 
 def _block(done: AgentDone, opened: AgentOpened | None) -> tuple[str, str]:
@@ -158,15 +161,11 @@ def _ranking_block(ranked: Ranked | None) -> str:
 
 
 async def _sse(
-    chat: ChatResponder,
-    opening: Sequence[CouncilEvent],
-    events: AsyncGenerator[CouncilEvent, None],
-    *,
-    include_usage: bool,
+    wire: Wire, opening: Sequence[CouncilEvent], events: AsyncGenerator[CouncilEvent, None]
 ) -> AsyncIterator[bytes]:
     lanes = Lanes()
     finish: Finish | None = None
-    yield frame(chat.first())
+    yield wire.opening()
     council = _chained(opening, paced(events, "the council is thinking"))
     try:
         async for event in council:
@@ -176,22 +175,18 @@ async def _sse(
                 if finish is None:
                     raise ended_early()
                 _record(event.summary)
-                last = chat.chunk(finish)
-                last.konsilium = report(event.summary)
-                yield frame(last)
-                if include_usage:
-                    yield frame(chat.usage_chunk(event.summary.usage))
+                yield wire.finish(Finish(reason=finish.reason, usage=event.summary.usage), report(event.summary))
             elif isinstance(event, Finish):
                 finish = event  # sent with the council's report, once every call is counted
             elif isinstance(event, TextDelta | ToolCallDelta):
-                yield frame(chat.chunk(event))
+                yield wire.delta(event)
             elif text := _reasoning(lanes, event):
-                yield frame(chat.reasoning_chunk(text))
-    except Exception as exc:  # after the first byte every failure becomes an error frame
-        yield frame(error_object(to_gateway_error(exc)))
+                yield wire.reasoning(text)
+    except Exception as exc:  # after the first byte every failure becomes the wire's failure frame
+        yield wire.failure(to_gateway_error(exc))
     finally:  # a client that left: the council's calls are cancelled now, not when collected
         await council.aclose()
-    yield DONE
+    yield wire.closing
 
 
 async def _chained(

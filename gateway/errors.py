@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response
@@ -25,6 +25,12 @@ from konsilium.errors import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+ANTHROPIC_PATHS = "/v1/messages"  # Anthropic's Messages API: its clients read its error shape
+# Anthropic's error types by status (docs.anthropic.com/en/api/errors)
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    503: "overloaded_error", 529: "overloaded_error"}  # fmt: skip
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
@@ -35,12 +41,14 @@ _HTTP: dict[int, type[GatewayError]] = {
 }
 
 
-def from_decode_error(exc: msgspec.DecodeError) -> InvalidRequestError:
-    """msgspec says `Expected `int`, got `str` - at `$.max_tokens``; `param` is that path. A
-    missing field is named too: `Object missing required field `messages`` is `messages`."""
+def from_decode_error(exc: msgspec.DecodeError, at: str = "") -> InvalidRequestError:
+    """msgspec says `Expected `int`, got `str` - at `$.max_tokens``; `param` is that path (below
+    `at`, for a part of the body converted on its own). A missing field is named too: `Object
+    missing required field `messages`` is `messages`."""
     message = str(exc)
     match = _PATH.search(message)
     detail, path = (message[: match.start()], match.group("path")) if match else (message, "")
+    path = _joined(at, path)
     missing = _MISSING.match(detail)
     if missing is not None:
         param = f"{path}.{missing.group('field')}" if path else missing.group("field")
@@ -48,6 +56,20 @@ def from_decode_error(exc: msgspec.DecodeError) -> InvalidRequestError:
     if not path:
         return InvalidRequestError(f"Could not parse the request body: {detail}")
     return InvalidRequestError(f"Invalid value for '{path}': {detail}", param=path)
+
+
+def _joined(at: str, path: str) -> str:
+    if not at or not path:
+        return at or path
+    return at + path if path.startswith("[") else f"{at}.{path}"
+
+
+def converted(obj: object, into: type[T], at: str) -> T:
+    """`obj` (a part of the body kept as plain JSON) as `into`; a mismatch names its path below `at`."""
+    try:
+        return msgspec.convert(obj, into)
+    except msgspec.ValidationError as exc:
+        raise from_decode_error(exc, at) from exc
 
 
 def too_deep() -> InvalidRequestError:
@@ -75,14 +97,26 @@ def error_object(error: GatewayError) -> p.ErrorResponse:
     )
 
 
+def anthropic_error(error: GatewayError) -> dict[str, object]:
+    kind = _ANTHROPIC_TYPES.get(error.status, "api_error" if error.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
+
+
+def error_body(path: str, error: GatewayError) -> bytes:
+    """The error body the client at `path` reads: Anthropic's shape on its API, else OpenAI's."""
+    if path.startswith(ANTHROPIC_PATHS):
+        return p.encoder.encode(anthropic_error(error))
+    return p.encoder.encode(error_object(error))
+
+
 def error_headers(error: GatewayError) -> dict[str, str]:
     return {"retry-after": str(error.retry_after)} if error.retry_after is not None else {}
 
 
-def render(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+def render(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     error = to_gateway_error(exc)
     return Response(
-        content=p.encoder.encode(error_object(error)),
+        content=error_body(request.url.path, error),
         status_code=error.status,
         media_type="application/json",
         headers=error_headers(error),

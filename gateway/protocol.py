@@ -96,21 +96,31 @@ ChatMessage = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage 
 
 
 # ---- tools and formats --------------------------------------------------------------------
+ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
 class FunctionDefinition(_Request, kw_only=True):
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    name: ToolName
     description: str = ""
     parameters: dict[str, Any] | UnsetType = UNSET
     strict: bool | None = None
 
 
 class FunctionTool(_Request, kw_only=True, tag_field="type", tag="function"):
-    function: FunctionDefinition
+    """A function tool: nested under `function` as chat defines it, or flat (`name`,
+    `parameters` beside `type`) as the Responses API does and Cursor's Agent sends to chat."""
+
+    function: FunctionDefinition | None = None
+    name: ToolName | None = None
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
 
 
 class CustomTool(_Request, kw_only=True, tag_field="type", tag="custom"):
     """Cursor's flat grammar tools; their calls go back as functions with raw text arguments."""
 
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    name: ToolName
     description: str = ""
     format: dict[str, Any] | UnsetType = UNSET
 
@@ -124,7 +134,8 @@ class NamedFunction(_Request, kw_only=True):
 
 class NamedToolChoice(_Request, kw_only=True):
     type: str = "function"
-    function: NamedFunction
+    function: NamedFunction | None = None
+    name: str | None = None  # flat, as the Responses API writes it
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
@@ -157,8 +168,12 @@ class StreamOptions(_Request, kw_only=True):
 
 
 # ---- requests -----------------------------------------------------------------------------
+InputItems = Annotated[list[dict[str, Any]], Meta(max_length=MAX_MESSAGES)]
+
+
 class ChatCompletionRequest(_Request, kw_only=True):
-    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_MESSAGES)]
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_MESSAGES)] | UnsetType = UNSET
+    input: str | InputItems | UnsetType = UNSET  # Responses-shaped (Cursor's Agent): instead of `messages`
     model: ShortText
     frequency_penalty: Penalty | None = None
     logprobs: bool | None = None

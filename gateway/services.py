@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from gateway.responses.store import ResponseStore
 from konsilium.config import Config
 from konsilium.observability.metrics import Metrics
 from konsilium.tenancy.service import Tenancy
@@ -28,4 +29,5 @@ class Services:
     council: Council
     tenancy: Tenancy | None = None  # keys and limits (None: not in this app, e.g. a bare test)
     metrics: Metrics | None = None  # None: metrics are off
+    responses: ResponseStore | None = None  # stored Responses API answers (None: store nothing)
     started: int = field(default_factory=lambda: int(time.time()))  # `created` of what has no file

@@ -1,8 +1,9 @@
-"""Server-sent events exactly as OpenAI frames them, and waiting that notices a client leaving.
+"""Server-sent event streams, framed by the API's `Wire`, and waiting that notices a client leaving.
 
-A stream is `data: <json>\n\n` frames and a final `data: [DONE]\n\n`; a failure after the first
-byte becomes a `data: {"error": ...}` frame followed by `[DONE]` (what the OpenAI SDK raises as
-`APIError`). Each frame is one line of JSON, since clients parse every `data:` line alone.
+A stream is the wire's opening, a frame per event, the finish, then the wire's closing (OpenAI's
+`data: [DONE]`); a failure after the first byte becomes the wire's failure frame (for chat, a
+`data: {"error": ...}` frame, what the OpenAI SDK raises as `APIError`). SSE comments keep
+clients and proxies waiting while a model loads.
 """
 
 from __future__ import annotations
@@ -14,23 +15,17 @@ from typing import TypeVar
 
 from litestar.types import Receive
 
-from gateway import protocol as p
-from gateway.errors import error_object, to_gateway_error
-from gateway.framing import Responder
+from gateway.errors import to_gateway_error
+from gateway.framing import Wire
 from konsilium.errors import BackendError, ClientDisconnectedError, GatewayError
 from model_store.store import Loading, Notice, StoreEvent
 from model_store.types import Event, Finish
 
 log = logging.getLogger(__name__)
 
-DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 HEARTBEAT_S = 2.0
 T = TypeVar("T")
-
-
-def frame(obj: object) -> bytes:
-    return b"data: " + p.encoder.encode(obj) + b"\n\n"
 
 
 def comment(text: str) -> bytes:
@@ -43,9 +38,7 @@ def _backend_event(event: StoreEvent) -> Event:
     return event
 
 
-async def sse_stream(
-    responder: Responder, first: StoreEvent, events: AsyncGenerator[StoreEvent, None], *, include_usage: bool
-) -> AsyncIterator[bytes]:
+async def sse_stream(wire: Wire, first: StoreEvent, events: AsyncGenerator[StoreEvent, None]) -> AsyncIterator[bytes]:
     waiting: asyncio.Future[StoreEvent] | None = None
     try:
         if isinstance(first, Loading):  # keep clients and proxies from timing out while it loads
@@ -55,26 +48,21 @@ async def sse_stream(
                 yield comment(f"loading {first.model}")
             first = waiting.result()
         event = _backend_event(first)
-        opening = responder.first()
-        if opening is not None:
-            yield frame(opening)
-        while True:
-            yield frame(responder.chunk(event))
-            if isinstance(event, Finish):
-                if include_usage:
-                    yield frame(responder.usage_chunk(event.usage))
-                break
+        yield wire.opening()
+        while not isinstance(event, Finish):
+            yield wire.delta(event)
             event = _backend_event(await anext(events))
+        yield wire.finish(event)
     except Exception as exc:  # after the first byte every failure becomes an error frame
         error = ended_early() if isinstance(exc, StopAsyncIteration) else to_gateway_error(exc)
         log.warning("stream failed after it began: %s", error.message)
-        yield frame(error_object(error))
+        yield wire.failure(error)
     finally:
         if waiting is not None and not waiting.done():
             waiting.cancel()  # its cancellation unwinds and closes `events` in that task
         else:
             await events.aclose()
-    yield DONE
+    yield wire.closing
 
 
 async def paced(events: AsyncGenerator[T, None], note: str) -> AsyncGenerator[T | bytes, None]:

@@ -158,6 +158,15 @@ class TenancyConfig(_Strict, frozen=True):
     completion_reserve_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024  # reserved without max_tokens
 
 
+class ResponsesConfig(_Strict, frozen=True):
+    """Responses kept for `previous_response_id` (README "Wire APIs"): in memory, per replica,
+    per API key; the least recently used goes first when a bound is reached."""
+
+    store_max_items: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10_000  # 0: nothing is kept
+    store_max_mb: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] = 64.0  # encoded responses and conversations
+    store_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)] = 86_400.0  # a stored response's life
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8400
@@ -182,6 +191,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     data_dir: str | None = None  # keys.sqlite (without redis_url); default ~/.local/share/konsilium
     redis_url: str | None = None  # redis://, rediss:// or unix://: keys and limits shared by replicas
     tenancy: TenancyConfig = msgspec.field(default_factory=TenancyConfig)
+    responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     councils: dict[CouncilName, CouncilConfig] = msgspec.field(default_factory=dict)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)

@@ -54,6 +54,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None  # Anthropic's `top_k`; llama.cpp honours it, OpenAI-compatible upstreams are not sent it
     stop: tuple[str, ...] = ()
     seed: int | None = None
     presence_penalty: float | None = None

@@ -30,6 +30,8 @@ ROOTS = (
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    "Response",
+    "ResponseStreamEvent",
 )
 PREFIX = "#/components/schemas/"
 SOURCE = "https://github.com/openai/openai-openapi"

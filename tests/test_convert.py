@@ -122,7 +122,6 @@ def test_response_formats() -> None:
         ({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content"),
         ({"model": "m", "messages": []}, "messages"),
         ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-        ({"model": "m"}, "messages"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["s"] * 33}, "stop"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 21}, "top_logprobs"),
     ],
@@ -139,6 +138,44 @@ def test_missing_required_field_is_named_in_the_message() -> None:
     assert decode_error({"messages": [{"role": "user", "content": "x"}]}).message == (
         "Missing required parameter: 'model'."
     )
+
+
+def test_missing_messages_is_named_once_the_body_is_read() -> None:
+    """`messages` may be absent when `input` stands in (Cursor's Agent); with neither it is named."""
+    with pytest.raises(InvalidRequestError) as caught:
+        convert.chat_request(p.chat_request_decoder.decode(b'{"model": "m"}'))
+    assert (caught.value.status, caught.value.param) == (400, "messages")
+    assert caught.value.message == "Missing required parameter: 'messages'."
+
+
+def test_cursor_agent_body_on_chat_is_read_as_its_input_and_flat_tools() -> None:
+    """Cursor's Agent posts Responses-shaped bodies to chat: `input` items, flat function tools."""
+    body = dict(
+        model="m",
+        input=[
+            {"role": "developer", "content": "be brief"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "c1", "name": "ls", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "a.py"},
+        ],
+        tools=[{"type": "function", "name": "ls", "description": "list", "parameters": {"type": "object"}}],
+    )
+    request = convert.chat_request(p.chat_request_decoder.decode(json.dumps(body)))
+    assert request.messages == (
+        Message(role="system", content="be brief"),
+        Message(role="user", content="list files"),
+        Message(role="assistant", content="", tool_calls=(ToolCall(id="c1", name="ls", arguments="{}"),)),
+        Message(role="tool", content="a.py", tool_call_id="c1"),
+    )
+    assert request.tools == (ToolSpec(name="ls", description="list", parameters={"type": "object"}),)
+    assert request.tool_choice == "auto"
+
+
+def test_a_function_tool_with_neither_shape_names_its_function() -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        chat(tools=[{"type": "function", "description": "no name"}])
+    assert caught.value.param == "tools[0].function"
 
 
 def test_n_above_one_is_a_clear_400() -> None:

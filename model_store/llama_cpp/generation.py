@@ -158,7 +158,7 @@ def _sampler_chain(request: GenerationRequest, grammar: LlamaGrammar | None, mod
     if temperature == 0.0:
         chain.add_greedy()
         return chain
-    chain.add_top_k(TOP_K)
+    chain.add_top_k(request.top_k or TOP_K)
     chain.add_typical(1.0, 1)
     chain.add_top_p(DEFAULT_TOP_P if request.top_p is None else request.top_p, 1)
     chain.add_min_p(MIN_P, 1)

@@ -1,0 +1,1 @@
+"""Anthropic's Messages API (`/v1/messages`): Claude Code's and the Anthropic SDKs' door."""
