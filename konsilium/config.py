@@ -19,7 +19,7 @@ import msgspec
 import yaml
 
 from konsilium.errors import ConfigError
-from konsilium.manifest import Adapter, Manifest, duplicate_problems, manifest_files, rule_problems
+from konsilium.manifest import Adapter, EnvName, Manifest, duplicate_problems, manifest_files, rule_problems
 from konsilium.net import is_loopback
 
 AgentRole = Literal["dev", "security", "qa", "architect", "ux", "seo", "director"]
@@ -156,6 +156,9 @@ class TenancyConfig(_Strict, frozen=True):
     redis_retry_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0  # a failed Redis is tried again after
     lease_ttl_s: Annotated[float, msgspec.Meta(ge=5, le=3600)] = 60.0  # a crashed replica's parallel slots free
     completion_reserve_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024  # reserved without max_tokens
+    # an admin key whose secret is this environment variable's value (a Kubernetes Secret): in
+    # force on every replica from the start, stored nowhere; revoked by changing the variable
+    admin_key_env: EnvName | None = None
 
 
 class ResponsesConfig(_Strict, frozen=True):
@@ -190,6 +193,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     cache_dir: str | None = None  # checksum cache; default ~/.cache/konsilium
     data_dir: str | None = None  # keys.sqlite (without redis_url); default ~/.local/share/konsilium
     redis_url: str | None = None  # redis://, rediss:// or unix://: keys and limits shared by replicas
+    redis_url_env: EnvName | None = None  # else the URL from this environment variable (one with a password)
     tenancy: TenancyConfig = msgspec.field(default_factory=TenancyConfig)
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
@@ -293,12 +297,25 @@ def resolve_config(config: Config, *, source: str, base_dir: Path) -> Config:
             elif target.adapter is not None and target.adapter not in adapters[target.model]:
                 problems.append(f"{where}.adapter: {target.model!r} declares no adapter {target.adapter!r}")
     problems += _seat_problems(config, source, {m.id for m in resolved if m.is_cloud})
+    redis_url, problem = _redis_url(config)
+    problems += [f"{source}: {problem}"] if problem else []
     if problems:
         raise ConfigError(problems)
     routing = config.routing
     if routing.rules is not None:
         routing = msgspec.structs.replace(routing, rules=str((base_dir / routing.rules).resolve()))
-    return msgspec.structs.replace(config, models=resolved, routing=routing)
+    return msgspec.structs.replace(config, models=resolved, routing=routing, redis_url=redis_url)
+
+
+def _redis_url(config: Config) -> tuple[str | None, str | None]:
+    """`redis_url`, or the one `redis_url_env` names; the problem when that is not set."""
+    name = config.redis_url_env
+    if name is None:
+        return config.redis_url, None
+    if config.redis_url is not None:
+        return None, "redis_url_env: give redis_url or redis_url_env, not both"
+    url = os.environ.get(name, "").strip()
+    return (url, None) if url else (None, f"redis_url_env: environment variable {name} is not set")
 
 
 def _seat_problems(config: Config, source: str, cloud: set[str]) -> list[str]:
@@ -348,7 +365,7 @@ def check_manifest(manifest: Manifest, base_dir: Path, allow_external: bool) -> 
         adapters = [msgspec.structs.replace(a, path=str((base_dir / a.path).resolve())) for a in manifest.adapters]
         manifest = msgspec.structs.replace(manifest, adapters=adapters)
     if manifest.url is not None:
-        problem = upstream_url_problem(manifest.url, allow_external)
+        problem = upstream_url_problem(manifest.url, allow_external or manifest.cloud is False)
         if problem:
             problems.append(("url", problem))
     return manifest, problems

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from konsilium.net import is_outside
+from konsilium.net import is_outside, is_private
 
 ModelId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -86,7 +86,8 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     logits_all: bool = False  # ignored: accepted for old manifests, logprobs work on every model
     url: str | None = None
     # a cloud target (consent, the privacy filter, `allow_external_api`) whatever its url says: a
-    # tunnel or a relay on loopback to a hosted API. Default: any url outside loopback is one
+    # tunnel or a relay on loopback to a hosted API. Default: any url outside loopback is one;
+    # false: a private network's own server (a vLLM pod in the cluster), never a public host
     cloud: bool | None = None
     upstream_model: str | None = None
     api_key_env: EnvName | None = None
@@ -109,8 +110,12 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     @property
     def is_cloud(self) -> bool:
         """Outside this machine: any backend whose `url` is not loopback (whatever relays to it),
-        or one the manifest says is (`cloud: true`)."""
-        return bool(self.cloud) or (self.url is not None and is_outside(self.url))
+        or one the manifest says is (`cloud: true`) — except one on a private network that the
+        manifest declares `cloud: false` (a vLLM pod in the same cluster; rule_problems refuses it
+        for a public host)."""
+        if self.cloud is not None:
+            return self.cloud
+        return self.url is not None and is_outside(self.url)
 
     @property
     def concurrency(self) -> int:
@@ -150,8 +155,8 @@ def rule_problems(manifest: Manifest) -> list[tuple[str, str]]:
         problems.append(("max_concurrency", f"a llama.cpp worker decodes at most {LLAMA_CPP_MAX_SLOTS} slots"))
     if m.cloud is not None and m.url is None:
         problems.append(("cloud", "only a model with a url can be a cloud target"))
-    if m.cloud is False and m.url is not None and is_outside(m.url):
-        problems.append(("cloud", "a url outside loopback is always a cloud target"))
+    if m.cloud is False and m.url is not None and is_outside(m.url) and not is_private(m.url):
+        problems.append(("cloud", "only a loopback or private-network url can be declared cloud: false"))
     if m.backend_name == "openai" and m.url is None:
         problems.append(("url", "is required for an openai model"))
     if m.backend_name == "vllm" and (m.path is None) == (m.url is None):

@@ -2,7 +2,8 @@
 
 Whether a model leaves this machine is not a backend's to say: any manifest with a `url` outside
 loopback is a cloud model (`Manifest.is_cloud`), refused unless `allow_external_api`, whichever
-backend relays to it — so a new remote backend cannot bypass the offline default.
+backend relays to it — so a new remote backend cannot bypass the offline default. Only a private
+network's backend (a vLLM pod in the gateway's cluster) may be declared `cloud: false`.
 """
 
 from __future__ import annotations

@@ -100,6 +100,36 @@ def test_loopback_upstreams_need_no_permission(tmp_path: Path, host: str) -> Non
     assert load_config(write(tmp_path, text)).models[0].id == "d"
 
 
+@pytest.mark.parametrize(
+    "host", ["konsilium-vllm", "vllm.ml.svc", "vllm.ml.svc.cluster.local", "gpu-box.internal", "10.0.3.7", "[fd00::7]"]
+)
+def test_a_private_network_server_can_be_declared_no_cloud_target(tmp_path: Path, host: str) -> None:
+    """A vLLM pod beside the gateway: no allow_external_api, no consent, never a cloud target."""
+    text = f"models:\n  - {{id: v, format: remote, cloud: false, url: 'http://{host}:8000/v1'}}\n"
+    [model] = load_config(write(tmp_path, text)).models
+    assert (model.id, model.is_cloud) == ("v", False)
+
+
+@pytest.mark.parametrize("host", ["api.openai.com", "8.8.8.8", "vllm.example.com"])
+def test_a_public_host_is_a_cloud_target_whatever_the_manifest_says(tmp_path: Path, host: str) -> None:
+    text = f"allow_external_api: true\nmodels:\n  - {{id: v, format: remote, cloud: false, url: 'http://{host}/v1'}}\n"
+    assert any("only a loopback or private-network url can be declared cloud: false" in p for p in problems(
+        write(tmp_path, text)
+    ))  # fmt: skip
+    without = "models:\n  - {id: v, format: remote, url: 'http://konsilium-vllm:8000/v1'}\n"
+    assert any("outside loopback" in p for p in problems(write(tmp_path, without)))
+
+
+def test_the_redis_url_can_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "redis_url_env: KONSILIUM_REDIS_URL\n")
+    monkeypatch.delenv("KONSILIUM_REDIS_URL", raising=False)
+    assert problems(path) == [f"{path}: redis_url_env: environment variable KONSILIUM_REDIS_URL is not set"]
+    monkeypatch.setenv("KONSILIUM_REDIS_URL", "redis://:s3cret@redis:6379/0")
+    assert load_config(path).redis_url == "redis://:s3cret@redis:6379/0"
+    both = write(tmp_path, "redis_url: redis://a\nredis_url_env: KONSILIUM_REDIS_URL\n")
+    assert problems(both) == [f"{both}: redis_url_env: give redis_url or redis_url_env, not both"]
+
+
 def test_relative_model_paths_are_relative_to_the_file_that_names_them(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "m.gguf").write_bytes(b"GGUF")

@@ -25,11 +25,12 @@ from entrypoints.cli import main
 from gateway.auth import BAD_KEY, NO_KEY, duration, presented
 from gateway.services import Services
 from konsilium.config import TenancyConfig
-from konsilium.errors import BackendError
+from konsilium.errors import BackendError, ConfigError
 from konsilium.observability.logs import JsonFormatter
 from konsilium.tenancy.keys import SECRET, ApiKey, KeyStore, KeyStoreError, Usage, digest_of, make_key
 from konsilium.tenancy.limiter import Limiter
 from konsilium.tenancy.redis_store import RedisKeyStore, sync_client
+from konsilium.tenancy.service import env_admin_key
 from konsilium.tenancy.sqlite_store import SqliteKeyStore
 from model_store.types import TextDelta
 from routing.requests import Access
@@ -360,3 +361,33 @@ def test_either_store_keeps_a_revocation_against_a_stale_update(any_store: KeySt
     any_store.add_usage({key.id: Usage(requests=2, completion_tokens=5, last_used=7.0)})
     any_store.add_usage({key.id: Usage(requests=1, errors=1, last_used=9.0)})
     assert any_store.usage() == {key.id: Usage(requests=3, completion_tokens=5, errors=1, last_used=9.0)}
+
+
+async def test_the_environments_admin_key_is_in_force_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Helm chart does: the admin key's secret comes from a Kubernetes Secret, stored nowhere."""
+    secret = make_key("x")[1]
+    monkeypatch.setenv("KONSILIUM_ADMIN_KEY", secret)
+    tenancy = TenancyConfig(admin_key_env="KONSILIUM_ADMIN_KEY")
+    async with gateway(tmp_path, tenancy=tenancy) as (client, _):
+        assert (await client.get("/admin/keys")).status_code == 401  # keys are asked for now
+        listed = await client.get("/admin/keys", headers=bearer(secret))
+        chat = await client.post("/v1/chat/completions", json=ask(), headers=bearer(secret))
+        wrong = await client.get("/admin/keys", headers=bearer(secret[:-1] + "x"))
+    assert (listed.status_code, listed.json()["keys"], chat.status_code, wrong.status_code) == (200, [], 200, 401)
+    stored = tmp_path / "keys.sqlite"
+    assert not stored.exists() or secret.encode() not in stored.read_bytes()
+
+
+@pytest.mark.parametrize(("value", "problem"), [(None, "is not set"), ("short", "holds fewer than 32 characters")])
+def test_a_missing_or_short_environment_admin_key_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, problem: str
+) -> None:
+    if value is None:
+        monkeypatch.delenv("KONSILIUM_ADMIN_KEY", raising=False)
+    else:
+        monkeypatch.setenv("KONSILIUM_ADMIN_KEY", value)
+    with pytest.raises(ConfigError) as caught:
+        env_admin_key("KONSILIUM_ADMIN_KEY")
+    assert caught.value.problems == [f"tenancy.admin_key_env: environment variable KONSILIUM_ADMIN_KEY {problem}"]

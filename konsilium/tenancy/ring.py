@@ -25,9 +25,13 @@ log = logging.getLogger(__name__)
 
 
 class KeyRing:
-    def __init__(self, store: KeyStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: KeyStore, *, pinned: tuple[ApiKey, ...] = (), clock: Callable[[], float] = time.time
+    ) -> None:
+        """`pinned`: keys from outside the store (the environment's admin key), always in force."""
         self.store = store
         self._clock = clock
+        self._pinned = {key.digest: key for key in pinned}
         self._by_digest: dict[str, ApiKey] = {}
         self._version: int | None = None  # None: never read
         self._pending: dict[str, Usage] = {}  # counted here, not yet flushed
@@ -41,11 +45,12 @@ class KeyRing:
     @property
     def enabled(self) -> bool:
         """Keys are asked for: at least one exists (a revoked one too)."""
-        return bool(self._by_digest)
+        return bool(self._by_digest or self._pinned)
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The key this secret belongs to, unless it is unknown or revoked."""
-        key = self._by_digest.get(digest_of(secret))
+        digest = digest_of(secret)
+        key = self._pinned.get(digest) or self._by_digest.get(digest)
         if key is None or key.revoked is not None or not matches(key, secret):
             return None
         return key

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import redis.asyncio
@@ -14,7 +15,8 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
 from konsilium.config import Config
-from konsilium.tenancy.keys import ApiKey, KeyStore, Usage, default_data_dir
+from konsilium.errors import ConfigError
+from konsilium.tenancy.keys import ApiKey, KeyStore, Usage, default_data_dir, digest_of
 from konsilium.tenancy.limiter import Lease, Limiter, LimiterObserver
 from konsilium.tenancy.redis_limiter import RedisLimiter
 from konsilium.tenancy.redis_store import RedisKeyStore, sync_client
@@ -49,10 +51,28 @@ def limiter_client(url: str, timeout_s: float) -> redis.asyncio.Redis:
     )
 
 
+ENV_ADMIN_ID = "env-admin"
+MIN_ENV_SECRET = 32
+
+
+def env_admin_key(name: str | None) -> tuple[ApiKey, ...]:
+    """The admin key `tenancy.admin_key_env` names, from its secret in the environment; none
+    unless asked for. A missing or short secret stops the start (a closed gateway is the
+    operator's to notice, an open one is not)."""
+    if name is None:
+        return ()
+    secret = os.environ.get(name, "").strip()
+    if len(secret) < MIN_ENV_SECRET:
+        problem = "is not set" if not secret else f"holds fewer than {MIN_ENV_SECRET} characters"
+        raise ConfigError([f"tenancy.admin_key_env: environment variable {name} {problem}"])
+    key = ApiKey(id=ENV_ADMIN_ID, name="admin", digest=digest_of(secret), shown=secret[:8] + "…", admin=True)
+    return (key,)
+
+
 class Tenancy:
     def __init__(self, config: Config, *, observer: LimiterObserver | None = None) -> None:
         self._settings = config.tenancy
-        self.ring = KeyRing(open_store(config))
+        self.ring = KeyRing(open_store(config), pinned=env_admin_key(config.tenancy.admin_key_env))
         required = config.tenancy.require_keys
         self.required = required if required is not None else config.redis_url is not None
         self._redis: redis.asyncio.Redis | None = None
