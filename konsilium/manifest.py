@@ -30,8 +30,12 @@ IMPLEMENTED_BACKENDS = ("llama_cpp", "vllm", "openai")
 # `max_concurrency` when a manifest leaves it out. llama.cpp: up to four slots decode together,
 # each with the model's whole context, as many as fit in LLAMA_CPP_DEFAULT_KV_TOKENS of KV cache
 # in all (4 x 4096, 2 x 8192, 1 from 16384): a long-context model does not quadruple its memory
-# unasked. llama.cpp itself takes at most LLAMA_CPP_MAX_SLOTS sequences.
-DEFAULT_CONCURRENCY: dict[BackendName, int] = {"llama_cpp": 4, "vllm": 1, "openai": 1}
+# unasked. llama.cpp itself takes at most LLAMA_CPP_MAX_SLOTS sequences. A server that batches
+# (vLLM, a remote llama-server, a cloud API) is sent 64 at once: one at a time would serialize
+# every client behind the slowest stream. vLLM's own default batch (`max_num_seqs`) is 256; 64
+# keeps a gateway's queue (and its 429s) in front of a server that would only queue them itself,
+# and a Konsilium-managed vLLM is started with `--max-num-seqs` equal to it.
+DEFAULT_CONCURRENCY: dict[BackendName, int] = {"llama_cpp": 4, "vllm": 64, "openai": 64}
 LLAMA_CPP_DEFAULT_KV_TOKENS = 16_384
 LLAMA_CPP_MAX_SLOTS = 256
 

@@ -5,7 +5,9 @@ request it receives — so a test can prove what never reached the cloud.
 
 Its answer repeats every privacy placeholder it was sent (`<EMAIL_1>` …), in order, streamed a
 few characters a chunk so that placeholders are split across chunks: the gateway must restore
-them whole. `fail` makes it answer 500 (the Director falls back to a local model).
+them whole. `fail` makes it answer 500 (the Director falls back to a local model). `together`
+holds every answer until that many requests are open at once (a server that batches, as a vLLM
+pod or a cloud API does), or answers 503 when they never are.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class CloudDirectorDouble:
     received: list[Received] = field(default_factory=list)
     fail: bool = False
     chunk_chars: int = 3
+    together: threading.Barrier | None = None
 
     def answer_to(self, body: dict[str, Any]) -> str:
         sent = " ".join(m.get("content") or "" for m in body.get("messages", []))
@@ -58,6 +61,12 @@ def _handler(double: CloudDirectorDouble) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(int(self.headers.get("content-length", "0")))
             body = json.loads(raw or b"{}")
             double.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            if double.together is not None:
+                try:
+                    double.together.wait()
+                except threading.BrokenBarrierError:
+                    self._send(503, "application/json", b'{"error": {"message": "not all at once", "type": "x"}}')
+                    return
             if double.fail:
                 self._send(
                     500,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from tests.cloud_double import VERDICT, cloud_director_double
 from tests.openapi import assert_valid
 from tests.servers import MODEL_ID, Server, free_port, llama_model, pid_alive, run_server
 
@@ -130,3 +133,28 @@ def test_shutdown_leaves_no_worker_behind(tmp_path: Path) -> None:
         solo.process.send_signal(signal.SIGTERM)  # the gateway alone; it must stop its worker
         assert solo.process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
         assert not pid_alive(pid)
+
+
+def streamed_text(body: str) -> str:
+    chunks = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: {")]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_an_upstream_is_sent_sixteen_streams_at_once_by_default(tmp_path: Path) -> None:
+    """The upstream (a double of a batching server: a vLLM pod, a cloud API) answers only once 16
+    requests are open together, else 503: sent one at a time, as the old default of
+    `max_concurrency: 1` did, every stream would wait behind the others and none would be answered."""
+    streams = 16
+    with cloud_director_double() as upstream:
+        upstream.together = threading.Barrier(streams, timeout=30)
+        with run_server(tmp_path, [{"id": "batched", "backend": "openai", "url": upstream.url}]) as gateway:
+            body = {"model": "batched", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            url = f"{gateway.v1}/chat/completions"
+            with ThreadPoolExecutor(streams) as pool:
+                asked = [pool.submit(httpx.post, url, json=body, timeout=90) for _ in range(streams)]
+                replies = [reply.result() for reply in asked]
+            state = gateway.model_state("batched")
+    assert [r.status_code for r in replies] == [200] * streams
+    assert {streamed_text(r.text) for r in replies} == {f"{VERDICT} ."}
+    assert (state["max_concurrency"], state["in_flight"], state["queued"]) == (64, 0, 0)
+    assert len(upstream.received) == streams

@@ -109,6 +109,8 @@ def test_the_base_and_each_adapter_answer_and_the_adapters_differ(served: Server
     assert listed["lora-beta"]["parent"] == BASE
     assert "parent" not in listed[BASE]
     assert (listed["lora-alpha"]["state"], listed["lora-gamma"]["state"]) == ("ready", "unloaded")
+    argv = psutil.Process(vllm_state(served)["pid"]).cmdline()
+    assert argv[argv.index("--max-num-seqs") + 1] == "8"  # vLLM batches what the gateway sends at once
 
 
 def test_an_adapter_streams_chunk_by_chunk(served: Server) -> None:

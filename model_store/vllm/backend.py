@@ -151,8 +151,15 @@ class VllmBackend:
             "--gpu-memory-utilization", str(c.gpu_memory_utilization),
             *(["--enable-lora", "--max-loras", str(c.max_loras), "--max-lora-rank", str(c.max_lora_rank)]
               if c.adapters else []),
+            *self._batch_args(),
             *c.vllm_args,
         ]  # fmt: skip
+
+    def _batch_args(self) -> list[str]:
+        """vLLM batches as many as the gateway lets through at once (unless vllm_args say otherwise)."""
+        if any(arg.startswith("--max-num-seqs") for arg in self._config.vllm_args):
+            return []
+        return ["--max-num-seqs", str(self._config.concurrency)]
 
     def _env(self) -> dict[str, str]:
         env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
