@@ -5,22 +5,34 @@
 first load. Estimating memory needs only a few scalars and each tensor's byte size, so this
 reader steps over arrays without building them (~0.05 s for the same file), reading the file
 as one memory map with `struct`. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+
+The value types' numbers are the format's own (below); the `gguf` package (and numpy with it,
+~0.1 s to import) is imported only when a file's tensors are sized, so a gateway with no GGUF
+model never loads it.
 """
 
 from __future__ import annotations
 
+import enum
 import mmap
 import struct
 from pathlib import Path
 
 import msgspec
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 MAGIC = b"GGUF"
+
+
+class ValueType(enum.IntEnum):
+    """A metadata value's type, numbered as the GGUF format numbers it (gguf.GGUFValueType)."""
+
+    UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
+
+
 _SCALARS: dict[int, str] = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+    ValueType.UINT8: "<B", ValueType.INT8: "<b", ValueType.UINT16: "<H", ValueType.INT16: "<h",
+    ValueType.UINT32: "<I", ValueType.INT32: "<i", ValueType.FLOAT32: "<f", ValueType.BOOL: "<?",
+    ValueType.UINT64: "<Q", ValueType.INT64: "<q", ValueType.FLOAT64: "<d",
 }  # fmt: skip
 Scalar = int | float | bool | str
 
@@ -51,10 +63,10 @@ class _Cursor:
         return text
 
     def skip_value(self, kind: int) -> None:
-        if kind == GGUFValueType.STRING:
+        if kind == ValueType.STRING:
             size = self.count()  # read first: `self.at += self.count()` would lose the count's own 8 bytes
             self.at += size
-        elif kind == GGUFValueType.ARRAY:
+        elif kind == ValueType.ARRAY:
             item, items = int(self.unpack("<I")), self.count()
             if item in _SCALARS:
                 self.at += struct.calcsize(_SCALARS[item]) * items
@@ -80,12 +92,14 @@ def read_header(path: Path) -> GGUFHeader:
         metadata: dict[str, Scalar] = {}
         for _ in range(entries):
             key, kind = cursor.string(), int(cursor.unpack("<I"))
-            if kind == GGUFValueType.STRING:
+            if kind == ValueType.STRING:
                 metadata[key] = cursor.string()
             elif kind in _SCALARS:
                 metadata[key] = cursor.unpack(_SCALARS[kind])
             else:
                 cursor.skip_value(kind)
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # numpy comes with it: imported only here
+
         total = 0
         for _ in range(tensors):
             cursor.string()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from model_store.estimate import MIB, Estimate, GGUFError, estimate_gguf, read_gguf_shape
+from model_store.gguf_header import ValueType
 from tests.servers import SMOLLM2
 
 
@@ -102,3 +105,14 @@ def test_the_lean_header_reader_agrees_with_the_gguf_package() -> None:
     }
     assert header.metadata == scalars
     assert header.tensor_bytes == sum(int(t.n_bytes) for t in reader.tensors)
+
+
+def test_the_value_types_are_the_formats_own_numbers() -> None:
+    assert [(t.name, int(t)) for t in ValueType] == [(t.name, int(t)) for t in gguf.GGUFValueType]
+
+
+def test_a_gateway_without_gguf_models_does_not_import_the_gguf_package() -> None:
+    """gguf brings numpy (~0.1 s of start-up): a proxy-only gateway never needs either."""
+    probe = "import sys, entrypoints.app; print(sorted(m for m in ('gguf', 'numpy') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
