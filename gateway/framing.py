@@ -125,24 +125,17 @@ def _token_logprobs(logprobs: Sequence[TokenLogprob]) -> list[p.TokenLogprob]:
     ]
 
 
-class Identity:
-    """What every object of one response shares: its id, creation time and model name."""
+class _OpenAIWire:
+    """Chat and text completions: `data:` frames, an error frame on failure, then `[DONE]`. Every
+    object of one response shares its id, creation time and model name."""
 
+    closing = DONE
     id_prefix = ""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, logprobs: bool = False, include_usage: bool = False) -> None:
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
-
-
-class _OpenAIWire(Identity):
-    """Chat and text completions: `data:` frames, an error frame on failure, then `[DONE]`."""
-
-    closing = DONE
-
-    def __init__(self, model: str, *, logprobs: bool = False, include_usage: bool = False) -> None:
-        super().__init__(model)
         self._logprobs = logprobs
         self._include_usage = include_usage
 
@@ -190,9 +183,7 @@ class ChatResponder(_OpenAIWire):
             id=self.id, created=self.created, model=self.model, choices=[], usage=completion_usage(usage)
         )
 
-    def completion(
-        self, answer: Answer, reasoning: str = "", report: p.CouncilReport | None = None
-    ) -> p.ChatCompletion:
+    def body(self, answer: Answer, reasoning: str = "", report: p.CouncilReport | None = None) -> bytes:
         finish, calls = answer.ended, answer.tool_calls
         tool_calls = [
             p.ResponseToolCall(id=c.id, function=p.ResponseFunctionCall(name=c.name, arguments=c.arguments))
@@ -209,7 +200,7 @@ class ChatResponder(_OpenAIWire):
             logprobs=p.ChoiceLogprobs(content=_token_logprobs(answer.logprobs)) if self._logprobs else None,
             finish_reason=finish.reason,
         )
-        return p.ChatCompletion(
+        completion = p.ChatCompletion(
             id=self.id,
             created=self.created,
             model=self.model,
@@ -217,9 +208,7 @@ class ChatResponder(_OpenAIWire):
             usage=completion_usage(finish.usage),
             konsilium=UNSET if report is None else report,
         )
-
-    def body(self, answer: Answer, reasoning: str = "", report: p.CouncilReport | None = None) -> bytes:
-        return p.encoder.encode(self.completion(answer, reasoning, report))
+        return p.encoder.encode(completion)
 
 
 class CompletionResponder(_OpenAIWire):

@@ -161,10 +161,6 @@ def calls_without_ids() -> list[Step]:
     ]
 
 
-def items(response: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(response["output"])
-
-
 TOOLS = [{"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("weather", "time")]
 
 
@@ -174,7 +170,8 @@ async def test_calls_without_backend_ids_are_kept_with_the_ids_they_were_sent_wi
         body = {"model": "a", "input": "weather and time?", "tools": TOOLS, "stream": True}
         events = events_of((await client.post("/v1/responses", json=body)).text)
         response = events[-1][1]["response"]
-        outputs = [{"type": "function_call_output", "call_id": o["call_id"], "output": "ok"} for o in items(response)]
+        calls = response["output"]
+        outputs = [{"type": "function_call_output", "call_id": o["call_id"], "output": "ok"} for o in calls]
         follow = {"model": "a", "input": outputs, "tools": TOOLS, "previous_response_id": response["id"]}
         assert (await client.post("/v1/responses", json=follow)).status_code == 200
         anthropic = {"model": "a", "max_tokens": 8, "messages": [{"role": "user", "content": "?"}], "stream": True}

@@ -64,12 +64,10 @@ class ResponsesWire:
         self._open: r.OutputItem | None = None
         self._parts: list[str] = []  # the open item's text or arguments, so far
         self._call = -1  # the open function call's index
-        self._opened = False
         self._final: r.Response | None = None
 
     # ---- the Wire protocol ----------------------------------------------------------------
     def opening(self) -> bytes:
-        self._opened = True
         response = self._response("in_progress")
         return self._event("response.created", response=response) + self._event(
             "response.in_progress", response=response
@@ -120,7 +118,7 @@ class ResponsesWire:
         """`response.failed`, after `response.created` when it failed before anything came (a
         client's stream helper wants the response it fails to have been created); the open item,
         as far as it got, is in the failed response's output as `incomplete`."""
-        out = b"" if self._opened else self.opening()
+        out = b"" if self._seq else self.opening()  # nothing sent yet: not even response.created
         if self._open is not None:
             self._fill(self._open, "".join(self._parts))
             self._open.status = "incomplete"

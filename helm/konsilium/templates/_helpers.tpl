@@ -69,11 +69,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- toJson $manifests -}}
 {{- end -}}
 
+{{/* Whether the manifests are files (models_dir): any beyond the built-in default, or not it. */}}
+{{- define "konsilium.modelsDir" -}}
+{{- if or .Values.models .Values.vllm.deployments .Values.vllm.remote (not .Values.builtinModel) -}}true{{- end -}}
+{{- end -}}
+
 {{/* konsilium.yaml: what the chart decides, then .Values.config over it. */}}
 {{- define "konsilium.config" -}}
 {{- $config := dict "host" "0.0.0.0" "port" 8400 -}}
-{{- $manifests := include "konsilium.manifests" . | fromJsonArray -}}
-{{- if or .Values.models .Values.vllm.deployments .Values.vllm.remote (not .Values.builtinModel) -}}
+{{- if include "konsilium.modelsDir" . -}}
 {{- $_ := set $config "models_dir" "models" -}}
 {{- end -}}
 {{- $tenancy := dict "replicas" (int (include "konsilium.replicas" .)) -}}
