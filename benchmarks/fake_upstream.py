@@ -174,12 +174,29 @@ async def read_request(reader: asyncio.StreamReader) -> _Request | None:
     return _Request(method, target.split("?", 1)[0], keep_alive, body)
 
 
+class Pace(msgspec.Struct, frozen=True):
+    """How replies are made: ``chunks`` tokens each, or as many as the request's ``max_tokens``
+    when ``chunks_from_max_tokens``; ``interval_s`` between a stream's frames (a model's pace)."""
+
+    chunks: int = DEFAULT_CHUNKS
+    interval_s: float = 0.0
+    chunks_from_max_tokens: bool = False
+
+    def chunks_for(self, payload: dict[str, Any]) -> int:
+        asked = payload.get("max_tokens")
+        if self.chunks_from_max_tokens and isinstance(asked, int) and asked >= 1:
+            return asked
+        return self.chunks
+
+
 async def _write_stream(
     writer: asyncio.StreamWriter,
     frames: list[bytes],
     keep_alive: bool,
+    interval_s: float = 0.0,
 ) -> None:
-    """Send SSE frames, one HTTP chunk each, draining as we go like a real token stream."""
+    """Send SSE frames, one HTTP chunk each, draining as we go like a real token stream; with
+    ``interval_s``, one frame per interval (a model producing a token at a time)."""
     headers = [
         ("Content-Type", "text/event-stream"),
         ("Cache-Control", "no-cache"),
@@ -189,6 +206,8 @@ async def _write_stream(
     for frame in frames:
         writer.write(f"{len(frame):x}\r\n".encode("ascii") + frame + b"\r\n")
         await writer.drain()
+        if interval_s:
+            await asyncio.sleep(interval_s)
     writer.write(b"0\r\n\r\n")
     await writer.drain()
 
@@ -204,25 +223,26 @@ def _decode_body(body: bytes) -> dict[str, Any]:
     return decoded
 
 
-async def _answer_chat(writer: asyncio.StreamWriter, req: _Request, chunks: int) -> None:
+async def _answer_chat(writer: asyncio.StreamWriter, req: _Request, pace: Pace) -> None:
     """Answer a chat completion, streamed or whole, depending on the body's ``stream``."""
     payload = _decode_body(req.body)
+    chunks = pace.chunks_for(payload)
     model = payload.get("model")
     model_name = model if isinstance(model, str) and model else MODEL_NAME
     if payload.get("stream") is True:
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         frames = build_stream_frames(model_name, chunks, include_usage)
-        await _write_stream(writer, frames, req.keep_alive)
+        await _write_stream(writer, frames, req.keep_alive, pace.interval_s)
         return
     writer.write(_json_response("200 OK", build_completion(model_name, chunks), req.keep_alive))
     await writer.drain()
 
 
-async def _answer(writer: asyncio.StreamWriter, req: _Request, chunks: int) -> None:
+async def _answer(writer: asyncio.StreamWriter, req: _Request, pace: Pace) -> None:
     """Route one request to its canned answer."""
     if req.path == "/v1/chat/completions" and req.method == "POST":
-        await _answer_chat(writer, req, chunks)
+        await _answer_chat(writer, req, pace)
         return
     if req.path == "/v1/models" and req.method == "GET":
         writer.write(_json_response("200 OK", build_models(), req.keep_alive))
@@ -238,7 +258,7 @@ async def _answer(writer: asyncio.StreamWriter, req: _Request, chunks: int) -> N
 async def _handle_connection(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    chunks: int,
+    pace: Pace,
 ) -> None:
     """Serve requests on one keep-alive connection until the client closes it."""
     try:
@@ -252,7 +272,7 @@ async def _handle_connection(
             if req is None:
                 return
             try:
-                await _answer(writer, req, chunks)
+                await _answer(writer, req, pace)
             except BadRequestError as exc:
                 body = _error_body(str(exc))
                 writer.write(_json_response("400 Bad Request", body, req.keep_alive))
@@ -267,27 +287,28 @@ async def _handle_connection(
             await writer.wait_closed()
 
 
-async def serve(host: str, port: int, chunks: int = DEFAULT_CHUNKS) -> asyncio.Server:
+async def serve(host: str, port: int, chunks: int = DEFAULT_CHUNKS, pace: Pace | None = None) -> asyncio.Server:
     """Start listening and return the server; the caller owns closing it.
 
     For in-process use (tests, benchmarks that want no extra process). ``port=0`` picks a
     free port: read it back from ``server.sockets[0].getsockname()``.
     """
-    if chunks < 1:
+    pace = pace or Pace(chunks=chunks)
+    if pace.chunks < 1:
         raise ValueError("chunks must be at least 1")
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A connection task cancelled at shutdown simply ends: on Python 3.11 asyncio's
         # stream callback would otherwise log the CancelledError as an unhandled error.
         with contextlib.suppress(asyncio.CancelledError):
-            await _handle_connection(reader, writer, chunks)
+            await _handle_connection(reader, writer, pace)
 
     return await asyncio.start_server(handler, host, port, limit=MAX_HEADER_BYTES)
 
 
-async def _run(host: str, port: int, chunks: int) -> None:
+async def _run(host: str, port: int, pace: Pace) -> None:
     """Serve until cancelled, announcing ``ready`` once the socket listens."""
-    server = await serve(host, port, chunks)
+    server = await serve(host, port, pace=pace)
     async with server:
         print("ready", flush=True)
         await server.serve_forever()
@@ -298,6 +319,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=DEFAULT_CHUNKS)
+    parser.add_argument("--interval-ms", type=float, default=0.0, help="pause between a stream's frames")
+    parser.add_argument("--chunks-from-max-tokens", action="store_true", help="a reply has max_tokens chunks")
     return parser.parse_args(argv)
 
 
@@ -308,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         print("--chunks must be at least 1", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(args.host, args.port, args.chunks))
+        pace = Pace(args.chunks, args.interval_ms / 1000, args.chunks_from_max_tokens)
+        asyncio.run(_run(args.host, args.port, pace))
     return 0
 
 

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.response import Stream
 
 from gateway import auth, convert, council, observe
 from gateway import protocol as p
@@ -23,7 +22,7 @@ from gateway.errors import from_decode_error, too_deep
 from gateway.framing import Answer, ChatResponder, CompletionResponder, Wire
 from gateway.routed import route_headers, route_request
 from gateway.services import Services
-from gateway.sse import SSE_HEADERS, collect, sse_stream, unless_disconnected
+from gateway.sse import DisconnectWatch, SseResponse, collect, sse_stream
 from konsilium.errors import InvalidRequestError
 from model_store.types import GenerationRequest
 
@@ -45,32 +44,46 @@ async def decode(request: AnyRequest, decoder: msgspec.json.Decoder[Body]) -> Bo
 
 async def answer(
     request: AnyRequest, model: str, generation: GenerationRequest, make_wire: Callable[[str], Wire]
-) -> Response[bytes] | Stream:
+) -> Response[bytes]:
     """Answer `generation`, asked for as `model`, framed by the wire `make_wire(model answering)`
     builds: a council (`konsilium`, `konsilium/<name>`) or a routed, dispatched model."""
     services: Services = request.app.state.services
     generation = await auth.admit(services.tenancy, generation, services.metrics)
     record = observe.current()
     record.stream, record.model, record.request_id = generation.stream, model, request_id(request)
-    name = council.council_name(services, model)
-    if name is not None:
-        return await council.respond(request, model, generation, name, make_wire(model))
+    watch = DisconnectWatch(request.receive)
+    try:
+        name = council.council_name(services, model)
+        if name is not None:
+            return await council.respond(request, model, generation, name, make_wire(model), watch)
+        return await _dispatched(request, model, generation, make_wire, watch)
+    finally:
+        watch.release()
+
+
+async def _dispatched(
+    request: AnyRequest,
+    model: str,
+    generation: GenerationRequest,
+    make_wire: Callable[[str], Wire],
+    watch: DisconnectWatch,
+) -> Response[bytes]:
+    services: Services = request.app.state.services
+    record = observe.current()
     route = route_request(request.headers, model, services.config.routing.ab_fraction, auth.access())
-    dispatched = await unless_disconnected(request.receive, services.dispatcher.dispatch(generation, route))
+    dispatched = await watch.guard(services.dispatcher.dispatch(generation, route))
     record.role, record.model = dispatched.role.role, dispatched.target
     record.fallbacks = tuple(a.target for a in dispatched.failed)
     headers = {**route_headers(dispatched), "x-request-id": record.request_id}
     wire = make_wire(dispatched.target)
     events = dispatched.events
+    if generation.stream:
+        return SseResponse(sse_stream(wire, dispatched.first, events), headers, watch)
     try:
-        if not generation.stream:
-            collected = await unless_disconnected(request.receive, collect(dispatched.first, events))
-            return Response(content=wire.body(Answer.of(collected)), media_type="application/json", headers=headers)
-    except BaseException:
+        collected = await watch.guard(collect(dispatched.first, events))
+    finally:
         await events.aclose()
-        raise
-    stream = sse_stream(wire, dispatched.first, events)
-    return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return Response(content=wire.body(Answer.of(collected)), media_type="application/json", headers=headers)
 
 
 def request_id(request: AnyRequest) -> str:
@@ -83,7 +96,7 @@ def include_usage(options: p.StreamOptions | None) -> bool:
 
 
 @post("/v1/chat/completions", status_code=200)
-async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
+async def chat_completions(request: AnyRequest) -> Response[bytes]:
     observe.current().inference = True
     body = await decode(request, p.chat_request_decoder)
     generation = convert.chat_request(body)
@@ -94,7 +107,7 @@ async def chat_completions(request: AnyRequest) -> Response[bytes] | Stream:
 
 
 @post("/v1/completions", status_code=200)
-async def completions(request: AnyRequest) -> Response[bytes] | Stream:
+async def completions(request: AnyRequest) -> Response[bytes]:
     observe.current().inference = True
     body = await decode(request, p.completion_request_decoder)
     if council.council_name(request.app.state.services, body.model) is not None:

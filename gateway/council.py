@@ -13,12 +13,11 @@ answer's name who answered as well (`x-konsilium-director`, `x-konsilium-agents`
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.response import Stream
 
 from gateway import auth, observe
 from gateway import protocol as p
@@ -27,7 +26,7 @@ from gateway.errors import to_gateway_error
 from gateway.framing import Answer, Wire, completion_usage
 from gateway.routed import route_request
 from gateway.services import Services
-from gateway.sse import SSE_HEADERS, ended_early, paced, unless_disconnected
+from gateway.sse import DisconnectWatch, SseResponse, ended_early, paced
 from konsilium.config import DEFAULT_COUNCIL, Config, CouncilConfig
 from konsilium.errors import ModelNotFoundError
 from model_store.types import Finish, GenerationRequest, TextDelta, ToolCallDelta
@@ -58,8 +57,8 @@ def council_name(services: Services, model: str) -> str | None:
 
 
 async def respond(
-    request: AnyRequest, model: str, generation: GenerationRequest, name: str, wire: Wire
-) -> Response[bytes] | Stream:
+    request: AnyRequest, model: str, generation: GenerationRequest, name: str, wire: Wire, watch: DisconnectWatch
+) -> Response[bytes]:
     services: Services = request.app.state.services
     council = _council(services.config, name, model)
     record = observe.current()
@@ -72,7 +71,7 @@ async def respond(
         "x-konsilium-agents": ",".join(s.role for s in council.seats()),
     }
     if not generation.stream:
-        collected = await unless_disconnected(request.receive, _collect(events))
+        collected = await watch.guard(_collect(events))
         summary = _summary(collected)
         _record(summary)
         return Response(
@@ -81,12 +80,12 @@ async def respond(
             headers={**headers, **_answered_headers(summary)},
         )
     try:  # until one agent answers: a council that cannot start is an HTTP error, not a stream
-        opening = await unless_disconnected(request.receive, _opening(events))
+        opening = await watch.guard(_opening(events))
     except BaseException:
         await events.aclose()
         raise
     stream = _sse(wire, opening, events)
-    return Stream(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return SseResponse(stream, headers, watch)
 
 
 def _council(config: Config, name: str, model: str) -> CouncilConfig:
@@ -162,7 +161,7 @@ def _ranking_block(ranked: Ranked | None) -> str:
 
 async def _sse(
     wire: Wire, opening: Sequence[CouncilEvent], events: AsyncGenerator[CouncilEvent, None]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     lanes = Lanes()
     finish: Finish | None = None
     yield wire.opening()

@@ -22,7 +22,7 @@ from typing import Literal
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
 from konsilium.config import TelemetryConfig
 from konsilium.errors import GatewayError
@@ -68,6 +68,12 @@ CURRENT: ContextVar[RequestRecord | None] = ContextVar("konsilium_request", defa
 def current() -> RequestRecord:
     """The record of the request being served (a throwaway one outside the middleware)."""
     return CURRENT.get() or RequestRecord()
+
+
+def recording() -> bool:
+    """Whether the request's span records: when it does not (no exporter, or not sampled), its
+    child spans would record nothing either, and are not made at all."""
+    return trace.get_current_span().is_recording()
 
 
 class ObservedApp:
@@ -152,7 +158,8 @@ class Telemetry:
     def routed(self, started_ns: int, role: RoleDecision, decision: RouteDecision) -> None:
         """Made once the decision is known: its attributes go in at creation (one copy, not one
         locked set per attribute) and it never becomes the current span."""
-        tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
+        if recording():
+            tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
 
     def attempt(self, target: str, generation: GenerationRequest, redacted: Mapping[str, int]) -> AttemptSpan:
         if redacted:
@@ -177,7 +184,9 @@ class CouncilSpan:
 
     def __init__(self, council: str, kind: str, role: str, metrics: Metrics | None) -> None:
         attributes = {"konsilium.council": council, "konsilium.council.call": kind, "konsilium.role": role}
-        self._span = tracer().start_span(f"council.{kind} {role}", attributes=attributes)
+        self._span = (
+            INVALID_SPAN if not recording() else tracer().start_span(f"council.{kind} {role}", attributes=attributes)
+        )
         self._council, self._kind, self._role, self._metrics = council, kind, role, metrics
 
     def active(self) -> AbstractContextManager[object]:
@@ -204,10 +213,12 @@ class AttemptSpan:
         settings: TelemetryConfig,
         redacted: Mapping[str, int],
     ) -> None:
-        operation = "chat" if generation.kind == "chat" else "text_completion"
-        attributes = _request_attributes(operation, target, generation, settings)
-        attributes.update((f"konsilium.privacy.redacted.{kind}", count) for kind, count in redacted.items())
-        self._span = tracer().start_span(f"{operation} {target}", kind=SpanKind.CLIENT, attributes=attributes)
+        self._span: trace.Span = INVALID_SPAN
+        if recording():
+            operation = "chat" if generation.kind == "chat" else "text_completion"
+            attributes = _request_attributes(operation, target, generation, settings)
+            attributes.update((f"konsilium.privacy.redacted.{kind}", count) for kind, count in redacted.items())
+            self._span = tracer().start_span(f"{operation} {target}", kind=SpanKind.CLIENT, attributes=attributes)
         self._target, self._metrics, self._record = target, metrics, current()
         self.records_text = settings.record_content
         self._text: list[str] = []

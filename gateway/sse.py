@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
+from typing import Any, TypeVar
 
-from litestar.types import Receive
+from litestar import Litestar, Request, Response
+from litestar.background_tasks import BackgroundTask, BackgroundTasks
+from litestar.datastructures import Cookie
+from litestar.enums import MediaType
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send, TypeEncodersMap
 
 from gateway.errors import to_gateway_error
 from gateway.framing import Wire
@@ -38,7 +44,9 @@ def _backend_event(event: StoreEvent) -> Event:
     return event
 
 
-async def sse_stream(wire: Wire, first: StoreEvent, events: AsyncGenerator[StoreEvent, None]) -> AsyncIterator[bytes]:
+async def sse_stream(
+    wire: Wire, first: StoreEvent, events: AsyncGenerator[StoreEvent, None]
+) -> AsyncGenerator[bytes, None]:
     waiting: asyncio.Future[StoreEvent] | None = None
     try:
         if isinstance(first, Loading):  # keep clients and proxies from timing out while it loads
@@ -99,25 +107,98 @@ async def collect(first: StoreEvent, events: AsyncIterator[StoreEvent]) -> list[
     return collected
 
 
-async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await `work`, but cancel it and raise `ClientDisconnectedError` if the client leaves."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)  # let `work` unwind before anyone closes it
-    if task.cancelled():
-        raise ClientDisconnectedError("the client disconnected")
-    return task.result()
+class DisconnectWatch:
+    """One task per request that notices the client leaving and cancels the request's own task
+    there and then; `guard` turns that cancellation into `ClientDisconnectedError`.
+
+    Created where the request's body has been read (uvicorn's `receive` then only says
+    `http.disconnect`), released before a whole answer is sent, or handed to the `SseResponse`,
+    which stops it after the stream's last byte. The request task only yields to the loop inside
+    `guard`, so the cancellation always lands there."""
+
+    def __init__(self, receive: Receive) -> None:
+        owner = asyncio.current_task()
+        assert owner is not None, "made inside a request's task"
+        self._owner = owner
+        self._gone = False
+        self._handed_over = False
+        self._task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+        self._owner.cancel()
+
+    async def guard(self, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self._gone:
+                raise  # a shutdown, not the client
+            self._owner.uncancel()
+            raise ClientDisconnectedError("the client disconnected") from None
+
+    def hand_over(self) -> DisconnectWatch:
+        self._handed_over = True
+        return self
+
+    def release(self) -> None:
+        """Stop watching, unless a stream took the watch over (it stops it when it ends)."""
+        if not self._handed_over:
+            self.stop()
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class SseResponse(Response[bytes]):
+    """`text/event-stream` frames sent as they come, watched by the request's `DisconnectWatch`
+    (Litestar's `Stream` starts an anyio task group per response to do the same)."""
+
+    __slots__ = ("frames", "watch")
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], headers: dict[str, str], watch: DisconnectWatch) -> None:
+        super().__init__(content=b"", media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        self.frames, self.watch = frames, watch.hand_over()
+
+    def to_asgi_response(
+        self,
+        app: Litestar | None,
+        request: Request[Any, Any, Any],
+        *,
+        background: BackgroundTask | BackgroundTasks | None = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: MediaType | str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        return _WatchedStream(self.frames, {**(headers or {}), **self.headers}, self.watch)
+
+
+class _WatchedStream(ASGIStreamingResponse):
+    __slots__ = ("frames", "watch")
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], headers: dict[str, str], watch: DisconnectWatch) -> None:
+        super().__init__(iterator=frames, headers=headers, media_type="text/event-stream", content_length=0)
+        self.frames, self.watch = frames, watch
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        try:
+            await self.watch.guard(self._send_frames(send))
+        except ClientDisconnectedError:
+            pass  # nobody is left to tell
+        finally:
+            self.watch.stop()
+            await self.frames.aclose()
+
+    async def _send_frames(self, send: Send) -> None:
+        async for frame in self.frames:
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def ended_early() -> GatewayError:

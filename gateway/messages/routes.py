@@ -12,7 +12,6 @@ import asyncio
 from typing import Any
 
 from litestar import Request, Response, post
-from litestar.response import Stream
 
 from gateway import auth, observe
 from gateway import protocol as p
@@ -29,7 +28,7 @@ AnyRequest = Request[Any, Any, Any]
 
 
 @post("/v1/messages", status_code=200)
-async def create_message(request: AnyRequest) -> Response[bytes] | Stream:
+async def create_message(request: AnyRequest) -> Response[bytes]:
     observe.current().inference = True
     body = await decode(request, a.create_message_decoder)
     generation = convert.generation(body)

@@ -12,7 +12,6 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 from litestar.params import FromPath
-from litestar.response import Stream
 
 from gateway import auth, observe
 from gateway import protocol as p
@@ -30,7 +29,7 @@ AnyRequest = Request[Any, Any, Any]
 
 
 @post("/v1/responses", status_code=200)
-async def create_response(request: AnyRequest) -> Response[bytes] | Stream:
+async def create_response(request: AnyRequest) -> Response[bytes]:
     observe.current().inference = True
     body = await decode(request, r.create_response_decoder)
     store, owner = _store(request), _owner()

@@ -8,13 +8,15 @@ tokens. Prompts, completions, keys and tokens are never logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Literal
 
+import msgspec
+
 ACCESS_LOGGER = "konsilium.access"
+_encoder = msgspec.json.Encoder(enc_hook=str)  # what JSON cannot hold is written as its str()
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _encoder.encode(line).decode()
 
 
 class TextFormatter(logging.Formatter):

@@ -24,17 +24,16 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
-
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from konsilium.config import TenancyConfig
 from konsilium.tenancy.keys import ApiKey
-from konsilium.tenancy.redis_limiter import RedisLimiter
 from konsilium.tenancy.window import Decision, Limits, LocalLimiter
 
+if TYPE_CHECKING:  # redis is imported only where a config names one
+    from konsilium.tenancy.redis_limiter import RedisLimiter
+
 log = logging.getLogger(__name__)
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 T = TypeVar("T")
 RELEASE_BATCH_S = 0.01  # requests that end within this go back to Redis in one pipeline
 
@@ -94,6 +93,7 @@ class Limiter:
         observer: LimiterObserver | None = None,
     ) -> None:
         self._shared = shared
+        self._shared_errors = shared.errors if shared is not None else (OSError, TimeoutError)
         self._local = LocalLimiter(clock=clock)
         self._settings = settings
         self._clock = clock
@@ -217,7 +217,7 @@ class Limiter:
         try:
             async with asyncio.timeout(self._settings.redis_timeout_ms / 1000):
                 result = await call
-        except REDIS_ERRORS as exc:
+        except self._shared_errors as exc:
             self._observer.redis_failed(operation)
             if not self._down:
                 why, retry_s = str(exc) or type(exc).__name__, self._settings.redis_retry_s

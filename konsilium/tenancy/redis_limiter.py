@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import redis.asyncio
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from konsilium.tenancy.window import PERIOD_MS, REFUSALS, Decision, Limits
 
@@ -56,6 +56,8 @@ def _now_arg(now_ms: int | None) -> str:
 
 class RedisLimiter:
     """acquire / release / renew against Redis; `now_ms` is for tests (None: the server's TIME)."""
+
+    errors: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)  # what "Redis failed" looks like
 
     def __init__(self, client: redis.asyncio.Redis, *, period_ms: int = PERIOD_MS, prefix: str = "konsilium") -> None:
         if period_ms < 1:

@@ -8,20 +8,17 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.maint_notifications import MaintNotificationsConfig
+from typing import TYPE_CHECKING
 
 from konsilium.config import Config
 from konsilium.errors import ConfigError
 from konsilium.tenancy.keys import ApiKey, KeyStore, Usage, default_data_dir, digest_of
 from konsilium.tenancy.limiter import Lease, Limiter, LimiterObserver
-from konsilium.tenancy.redis_limiter import RedisLimiter
-from konsilium.tenancy.redis_store import RedisKeyStore, sync_client
 from konsilium.tenancy.ring import KeyRing
 from konsilium.tenancy.sqlite_store import SqliteKeyStore
+
+if TYPE_CHECKING:  # redis (~0.1 s to import) is imported only where a config names one
+    import redis.asyncio
 
 log = logging.getLogger(__name__)
 KEYS_FILE = "keys.sqlite"
@@ -30,6 +27,8 @@ KEYS_FILE = "keys.sqlite"
 def open_store(config: Config, *, create: bool = False) -> KeyStore:
     """Redis when `redis_url` is set, else `<data_dir>/keys.sqlite` (`create`: the CLI makes it)."""
     if config.redis_url is not None:
+        from konsilium.tenancy.redis_store import RedisKeyStore, sync_client
+
         return RedisKeyStore(sync_client(config.redis_url, config.tenancy.redis_timeout_ms / 1000))
     directory = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
     return SqliteKeyStore(directory / KEYS_FILE, create=create)
@@ -41,6 +40,11 @@ def limiter_client(url: str, timeout_s: float) -> redis.asyncio.Redis:
     admission is a single short script, so calls queue on it briefly under load. No retries: a
     failure is the limiter's breaker's to handle (a retry would only make a dead Redis slower).
     No maintenance notifications (a Redis Cloud feature, a handler per call)."""
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.maint_notifications import MaintNotificationsConfig
+
     return redis.asyncio.Redis.from_url(
         url,
         socket_timeout=timeout_s,
@@ -76,9 +80,12 @@ class Tenancy:
         required = config.tenancy.require_keys
         self.required = required if required is not None else config.redis_url is not None
         self._redis: redis.asyncio.Redis | None = None
+        shared = None
         if config.redis_url is not None:
+            from konsilium.tenancy.redis_limiter import RedisLimiter
+
             self._redis = limiter_client(config.redis_url, config.tenancy.redis_timeout_ms / 1000)
-        shared = RedisLimiter(self._redis) if self._redis is not None else None
+            shared = RedisLimiter(self._redis)
         self.limiter = Limiter(shared, config.tenancy, observer=observer)
         self._ticking: asyncio.Task[None] | None = None
 

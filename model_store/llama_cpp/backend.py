@@ -61,6 +61,10 @@ class LlamaCppBackend:
                 await self._worker.stop(grace_s=0.5)
                 self._worker = None
             self._state = "loading"
+            # the prompt counter reads the vocabulary here while the worker loads the model there
+            counting = None if self._counter is not None else asyncio.ensure_future(
+                asyncio.to_thread(open_counter, self._path)
+            )  # fmt: skip
             try:
                 self._worker = await WorkerProcess.spawn(
                     self._config.id, self._worker_argv(), self._config.load_timeout_s
@@ -68,8 +72,8 @@ class LlamaCppBackend:
             except GatewayError as exc:
                 self._state, self._detail = "failed", exc.message
                 raise
-            if self._counter is None:
-                self._counter = await asyncio.to_thread(open_counter, self._path)
+            if counting is not None:
+                self._counter = await counting
             self._state, self._detail = "ready", ""
 
     async def unload(self) -> None:
