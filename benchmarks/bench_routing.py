@@ -1,5 +1,6 @@
 """Routing benchmark: how long one decision (role + target) takes for a 2 KB prompt.
 
+The decision is the whole role layer (triggers in context, then the classifier) and the target.
 Prompts are 2 KB mixes of the eval set's texts (Russian, English, layouts, transliteration).
 Measured in the same run: warm (tokens seen before, the steady state of a server), cold (the
 token cache emptied before every decision), and the naive substring baseline. Target: warm
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         cold = timed_us(decide, texts, before=router.index.forget)
         baseline = timed_us(lambda t: naive(Example(text=t, role="dev")), rounds)
         print(label)
-        for name, samples in (("  triggers, warm token memory", warm), ("  triggers, cold token memory", cold),
+        for name, samples in (("  router, warm token memory", warm), ("  router, cold token memory", cold),
                               ("  naive substring baseline", baseline)):  # fmt: skip
             print(f"{name:<44}{statistics.median(samples):>10.1f}{percentile(samples, 0.99):>10.1f}")
         verdict = verdict or percentile(warm, 0.99)

@@ -58,6 +58,8 @@ def route_headers(dispatched: Dispatched) -> dict[str, str]:
         "x-konsilium-route": _ascii(reason),
         "x-konsilium-fallbacks": ",".join(_ascii(a.target) for a in failed),
         "x-konsilium-matched": ",".join(_ascii(m) for m in role.matched),
+        "x-konsilium-role-source": role.source,  # the layer that decided: header, alias, trigger, classifier, ...
+        "x-konsilium-role-margin": f"{role.margin:g}",
     }
 
 
@@ -72,6 +74,7 @@ def explain(
     return {
         "role": role.role,
         "source": role.source,
+        "margin": role.margin,
         "language": role.language,
         "matched": list(role.matched),
         "target": {"model": base.id if base else decision.target, "adapter": adapter.name if adapter else None},

@@ -1,7 +1,13 @@
-"""`python -m routing.eval [FILE]`: how well the role triggers route a labelled prompt set.
+"""`python -m routing.eval [FILE]`: how well the role router routes a labelled prompt set.
 
-Prints per-role precision / recall / F1, macro-F1 and the confusions, next to a naive baseline
-that matches the same trigger lists as case-insensitive substrings of the raw text.
+By default the held-out split (`tests/data/routing_heldout.jsonl`: prompts written by people who
+did not see the trigger lists, never used to train the classifier or tune the triggers). Prints
+per-role precision / recall / F1, macro-F1, the confusions, per-subset figures (Russian,
+English, mixed, wrong layout, transliteration) and which layer decided, next to a naive
+baseline that matches the same trigger lists as case-insensitive substrings of the raw text.
+
+`--tune` picks the classifier's thresholds on the training sets, with each training prompt's
+opinion from a model that did not see it (needs scikit-learn, a development dependency).
 """
 
 from __future__ import annotations
@@ -14,13 +20,19 @@ from pathlib import Path
 
 import msgspec
 
-from routing.roles import resolve_role
+from routing.classifier import Opinion, SecondOpinion
+from routing.roles import RoleDecision, resolve_role
+from routing.router import DEFAULT_RULES as DEFAULT_RULES
+from routing.router import role_readers
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules, load_rules
 from routing.triggers import TriggerIndex
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SET = ROOT / "tests" / "data" / "routing_eval.jsonl"
-DEFAULT_RULES = ROOT / "routing" / "triggers.yaml"
+DATA = ROOT / "tests" / "data"
+DEFAULT_SET = DATA / "routing_eval.jsonl"  # the project's own set: the triggers were tuned on it
+TRAIN_SETS = (DEFAULT_SET, DATA / "routing_train.jsonl")
+HELDOUT_SET = DATA / "routing_heldout.jsonl"
+SUBSETS = ("ru", "en", "mixed", "layout", "translit")
 
 
 class Example(msgspec.Struct, frozen=True):
@@ -42,14 +54,25 @@ def load_examples(path: Path) -> list[Example]:
     return [decoder.decode(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+def decider(
+    rules: RoutingRules, index: TriggerIndex | None = None, classifier: SecondOpinion | None = None
+) -> Callable[[Example], RoleDecision]:
+    """The router's role decision for an example: the packaged classifier unless an index is given."""
+    if index is None:
+        index, classifier = role_readers(rules)
+
+    def decide(example: Example) -> RoleDecision:
+        return resolve_role(
+            rules, index, header=None, model="", user_text=example.text, system_text=example.system,
+            classifier=classifier,
+        )  # fmt: skip
+
+    return decide
+
+
 def triggers_router(rules: RoutingRules, index: TriggerIndex | None = None) -> Callable[[Example], AgentRole]:
-    index = index or TriggerIndex(rules)
-
-    def route(example: Example) -> AgentRole:
-        decision = resolve_role(rules, index, header=None, model="", user_text=example.text, system_text=example.system)
-        return decision.role
-
-    return route
+    decide = decider(rules, index)
+    return lambda example: decide(example).role
 
 
 def naive_router(rules: RoutingRules) -> Callable[[Example], AgentRole]:
@@ -102,23 +125,79 @@ def report(name: str, scores: Scores) -> str:
     return "\n".join(lines)
 
 
+def by_subset(examples: Sequence[Example], predicted: Sequence[AgentRole]) -> dict[str, Scores]:
+    out = {}
+    for subset in SUBSETS:
+        chosen = [i for i, e in enumerate(examples) if e.kind == subset]
+        if chosen:
+            out[subset] = score([examples[i] for i in chosen], [predicted[i] for i in chosen])
+    return out
+
+
+def tune(rules: RoutingRules, examples: Sequence[Example]) -> str:
+    """Grid-search the classifier's thresholds on out-of-fold opinions of the training prompts."""
+    from routing.train import Trainer
+
+    trainer = Trainer(rules, examples)
+    c, _ = trainer.choose_c()
+    out_of_fold = _Recorded(dict(zip((e.text for e in trainer.examples), trainer.out_of_fold(c), strict=True)))
+
+    results = []
+    for below in (0.0, 0.2, 0.34, 0.5, 0.67, 0.8, 0.99, 1.0):
+        for confidence in (0.3, 0.4, 0.5, 0.6, 0.7):
+            thresholds = msgspec.structs.replace(rules.classifier, below_margin=below, min_confidence=confidence)
+            tuned = msgspec.structs.replace(rules, classifier=thresholds)
+            decide = decider(tuned, trainer.index, out_of_fold)
+            results.append((score(examples, [decide(e).role for e in examples]).macro_f1, below, confidence))
+    lines = [f"on the training sets, each opinion out of fold (C={c:g}); the best twelve:"]
+    for f1, below, confidence in sorted(results, reverse=True)[:12]:
+        lines.append(f"  macro-F1 {f1:.3f} at below_margin {below}, min_confidence {confidence}")
+    return "\n".join(lines)
+
+
+class _Recorded:
+    """Opinions given beforehand, per text (each from a model that did not train on it)."""
+
+    def __init__(self, opinions: dict[str, Opinion]) -> None:
+        self._opinions = opinions
+
+    def opinion(self, text: str) -> Opinion | None:
+        return self._opinions.get(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="routing.eval")
-    parser.add_argument("file", nargs="?", type=Path, default=DEFAULT_SET)
+    parser.add_argument("file", nargs="?", type=Path, default=HELDOUT_SET)
     parser.add_argument("--rules", type=Path, default=DEFAULT_RULES)
     parser.add_argument("--show-misses", action="store_true")
+    parser.add_argument("--tune", action="store_true", help="choose the classifier's thresholds on the training sets")
     args = parser.parse_args(argv)
-    rules, examples = load_rules(args.rules), load_examples(args.file)
-    route = triggers_router(rules)
-    predicted = [route(e) for e in examples]
+    rules = load_rules(args.rules)
+    if args.tune:
+        print(tune(rules, [e for path in TRAIN_SETS for e in load_examples(path)]))
+        return 0
+    examples = load_examples(args.file)
+    decide = decider(rules)
+    decisions = [decide(e) for e in examples]
+    predicted = [d.role for d in decisions]
     naive = naive_router(rules)
+    naive_predicted = [naive(e) for e in examples]
     print(f"{len(examples)} examples from {args.file}")
-    print(report("triggers (stems, layout, transliteration)", score(examples, predicted)))
-    print(report("naive baseline (substrings)", score(examples, [naive(e) for e in examples])))
+    print(report("router (triggers in context, then the classifier)", score(examples, predicted)))
+    layers = Counter(d.source for d in decisions)
+    print("  decided by: " + ", ".join(f"{layer} {n}" for layer, n in layers.most_common()))
+    print(report("naive baseline (substrings)", score(examples, naive_predicted)))
+    naive_subsets = by_subset(examples, naive_predicted)
+    for subset, scores in by_subset(examples, predicted).items():
+        print(
+            f"  subset {subset:<9} n={sum(e.kind == subset for e in examples):<4} router macro-F1 {scores.macro_f1:.3f}"
+            f" accuracy {scores.accuracy:.3f} | naive macro-F1 {naive_subsets[subset].macro_f1:.3f}"
+        )
     if args.show_misses:
-        for example, got in zip(examples, predicted, strict=True):
-            if got != example.role:
-                print(f"  MISS {example.role} -> {got} [{example.kind}] {example.text[:100]!r}")
+        for example, got in zip(examples, decisions, strict=True):
+            if got.role != example.role:
+                why = f"{got.source} {got.margin}"
+                print(f"  MISS {example.role} -> {got.role} ({why}) [{example.kind}] {example.text[:100]!r}")
     return 0
 
 

@@ -1,26 +1,34 @@
 """Which agent role a request speaks for. Pure: plain data in, a `RoleDecision` out.
 
-First match wins: an explicit role (the `x-konsilium-role` header, or a model alias such as
-`security` / `role:security`), then triggers in the last user message, then triggers in the
-system prompt, then the configured default. When several roles match, the highest score wins
-(terms and phrases weigh more than single words: they are more specific), and a tie goes to
-the role with the higher `priority` — so "напиши тесты на XSS" is `security`, not `qa`.
+In order: an explicit role (the `x-konsilium-role` header, or a model alias such as
+`security` / `role:security`); the triggers in the last user message when they are sure; the
+classifier's second opinion when they are not (or found nothing) and it is confident; the
+triggers anyway; the triggers in the system prompt; the configured default.
+
+Every matched trigger adds its weight to its role (terms and phrases weigh more than single
+words: they are more specific); the highest score wins, a tie goes to the role with the higher
+`priority` — so among triggers "напиши тесты на XSS" is `security`, not `qa`. The margin is the winner's lead
+over the runner-up as a share of its score (1.0: no other role matched). The triggers decide
+alone when the margin is above `classifier.below_margin` and the score reaches
+`classifier.trust_score` (a phrase or a term, not one lone word); otherwise the classifier is
+asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Literal
 
 import msgspec
 
 from konsilium.errors import InvalidRequestError
+from routing.classifier import SecondOpinion
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules
 from routing.triggers import Hit, TriggerIndex
 
 CLIP_CHARS = 8_000
 NOT_LETTERS = bytes(c for c in range(128) if not chr(c).isalpha())
-Source = Literal["header", "alias", "trigger", "system", "default"]
+Source = Literal["header", "alias", "trigger", "classifier", "system", "default"]
 Language = Literal["ru", "en", "mixed", "none"]
 
 
@@ -29,6 +37,7 @@ class RoleDecision(msgspec.Struct, frozen=True):
     source: Source
     matched: tuple[str, ...] = ()
     language: Language = "none"
+    margin: float = 1.0  # the deciding layer's certainty: trigger score lead, or probability lead
 
 
 def explicit_role(rules: RoutingRules, header: str | None, model: str) -> tuple[AgentRole, Source] | None:
@@ -48,20 +57,46 @@ def explicit_role(rules: RoutingRules, header: str | None, model: str) -> tuple[
 
 
 def resolve_role(
-    rules: RoutingRules, index: TriggerIndex, *, header: str | None, model: str, user_text: str, system_text: str
+    rules: RoutingRules,
+    index: TriggerIndex,
+    *,
+    header: str | None,
+    model: str,
+    user_text: str,
+    system_text: str,
+    classifier: SecondOpinion | None = None,
 ) -> RoleDecision:
     user_text, system_text = clip(user_text), clip(system_text)
     language = detect_language(user_text or system_text)
     explicit = explicit_role(rules, header, model)
     if explicit is not None:
         return RoleDecision(role=explicit[0], source=explicit[1], language=language)
-    for source, text in (("trigger", user_text), ("system", system_text)):
-        hits = index.match(text) if text else []
-        if hits:
-            role = pick_role(hits, rules)
-            matched = tuple(h.trigger.label for h in hits if h.trigger.role == role)
-            return RoleDecision(role=role, source=cast(Source, source), matched=matched, language=language)
-    return RoleDecision(role=rules.default_role, source="default", language=language)
+    scores = role_scores(index.match(user_text)) if user_text else {}
+    triggered = _by_triggers(rules, scores, "trigger", language)
+    sure = rules.classifier
+    if triggered is not None and triggered.margin > sure.below_margin and scores[triggered.role][0] >= sure.trust_score:
+        return triggered
+    opinion = classifier.opinion(user_text) if classifier is not None and user_text else None
+    if opinion is not None and opinion.confidence >= rules.classifier.min_confidence:
+        matched = triggered.matched if triggered is not None and triggered.role == opinion.role else ()
+        return RoleDecision(opinion.role, "classifier", matched, language, round(opinion.margin, 3))
+    return (
+        triggered
+        or _by_triggers(rules, role_scores(index.match(system_text)) if system_text else {}, "system", language)
+        or RoleDecision(role=rules.default_role, source="default", language=language, margin=0.0)
+    )
+
+
+def _by_triggers(
+    rules: RoutingRules, scores: dict[AgentRole, tuple[float, tuple[str, ...]]], source: Source, language: Language
+) -> RoleDecision | None:
+    if not scores:
+        return None
+    role = max(scores, key=lambda r: (scores[r][0], _priority(rules, r)))
+    runner_up = max((v for r, (v, _) in scores.items() if r != role), default=0.0)
+    top, matched = scores[role]
+    margin = round((top - runner_up) / top, 3) if top else 0.0
+    return RoleDecision(role=role, source=source, matched=matched, language=language, margin=margin)
 
 
 def clip(text: str) -> str:
@@ -72,11 +107,13 @@ def clip(text: str) -> str:
     return f"{text[:CLIP_CHARS]}\n{text[-CLIP_CHARS:]}"
 
 
-def pick_role(hits: Sequence[Hit], rules: RoutingRules) -> AgentRole:
-    scores: dict[AgentRole, float] = {}
+def role_scores(hits: Sequence[Hit]) -> dict[AgentRole, tuple[float, tuple[str, ...]]]:
+    """Each matched role's score (the sum of its triggers' weights) and its triggers' labels."""
+    scores: dict[AgentRole, tuple[float, tuple[str, ...]]] = {}
     for hit in hits:
-        scores[hit.trigger.role] = scores.get(hit.trigger.role, 0.0) + hit.trigger.weight
-    return max(scores, key=lambda role: (scores[role], _priority(rules, role)))
+        score, labels = scores.get(hit.trigger.role, (0.0, ()))
+        scores[hit.trigger.role] = (score + hit.trigger.weight, (*labels, hit.trigger.label))
+    return scores
 
 
 def _priority(rules: RoutingRules, role: AgentRole) -> int:

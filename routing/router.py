@@ -31,6 +31,7 @@ from konsilium.errors import (
 )
 from konsilium.observability.events import NoObserver, Observer
 from model_store.store import Admitted, Loading, Notice, Queued, StoreEvent
+from routing.classifier import RoleClassifier, load_model
 from routing.health import Breaker, Latency
 from routing.policy import (
     CLOUD_OFF,
@@ -84,6 +85,16 @@ def load_routing_rules(config: Config) -> RoutingRules:
     return load_rules(Path(config.routing.rules) if config.routing.rules else DEFAULT_RULES)
 
 
+def role_readers(rules: RoutingRules) -> tuple[TriggerIndex, RoleClassifier | None]:
+    """The trigger index and, when the rules name a trained model, the classifier beside it (the
+    index reads transliterations into the model's stems too)."""
+    if not rules.classifier.file:
+        return TriggerIndex(rules), None
+    model = load_model(Path(rules.classifier.file))
+    index = TriggerIndex(rules, translit_stems=model.translit_stems)
+    return index, RoleClassifier(model, index)
+
+
 class Router:
     def __init__(
         self,
@@ -96,7 +107,7 @@ class Router:
         self._config = config
         self._routing = config.routing
         self.rules = rules
-        self.index = TriggerIndex(rules)
+        self.index, self.classifier = role_readers(rules)
         self._clock = clock
         self._observer = observer or NoObserver()
         targets = config.addressable()
@@ -133,6 +144,7 @@ class Router:
             model=route.model,
             user_text=prompt.user_text,
             system_text=prompt.system_text,
+            classifier=self.classifier,
         )
         if not quiet:
             self._observer.decided(role.role, role.source, role.language)
@@ -310,7 +322,7 @@ class Router:
 
 
 def _reason(role: RoleDecision) -> str:
-    if role.source in ("trigger", "system") and role.matched:
+    if role.source in ("trigger", "system", "classifier") and role.matched:
         return f"{role.source}:{role.matched[0]}"
     return role.source
 

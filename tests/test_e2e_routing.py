@@ -83,6 +83,7 @@ def test_a_role_goes_to_its_own_model(routed: Server) -> None:
     assert reply.headers["x-konsilium-route"] == "trigger:" + quote("провер уязвим")
     assert reply.headers["x-konsilium-matched"] == f"{quote('провер уязвим')},{quote('уязвим')}"
     assert reply.headers["x-konsilium-fallbacks"] == ""
+    assert (reply.headers["x-konsilium-role-source"], reply.headers["x-konsilium-role-margin"]) == ("trigger", "1")
 
 
 @pytest.mark.parametrize(
@@ -175,16 +176,20 @@ def explain(server: Server, text: str) -> dict[str, Any]:
 
 
 def test_explain_without_generating(routed: Server) -> None:
-    assert explain(routed, "напиши тесты на XSS") == {
+    assert explain(routed, "проверь уязвимости в этом коде") == {
         "role": "security",
         "source": "trigger",
+        "margin": 1.0,
         "language": "ru",
-        "matched": ["xss"],
+        "matched": ["провер уязвим", "уязвим"],
         "target": {"model": "sec", "adapter": None},
         "fallbacks": ["general"],
         "skipped": [],
-        "reason": "trigger:xss",
+        "reason": "trigger:провер уязвим",
     }
+    by_classifier = explain(routed, "the page jumps around while it loads and people tap the wrong thing")
+    assert (by_classifier["source"], by_classifier["matched"]) == ("classifier", [])
+    assert 0 < by_classifier["margin"] <= 1
 
 
 def test_the_context_check_counts_with_the_resident_models_tokenizer(routed: Server) -> None:

@@ -95,7 +95,7 @@ def test_order_explicit_then_user_then_system_then_default() -> None:
     assert route("refactor this loop", system="You review security.") == RoleDecision(
         "security", "system", ("secur",), "en"
     )
-    assert route("refactor this loop") == RoleDecision("dev", "default", (), "en")
+    assert route("refactor this loop") == RoleDecision("dev", "default", (), "en", margin=0.0)
 
 
 def test_configured_aliases() -> None:

@@ -1,0 +1,152 @@
+"""`python -m routing.train`: train the second opinion (`routing/role_model.json`).
+
+Trains multinomial logistic regression (scikit-learn, a development dependency: serving needs
+only the JSON it writes) on the labelled prompts of `tests/data/routing_eval.jsonl` and
+`tests/data/routing_train.jsonl`. The held-out split (`routing_heldout.jsonl`) is never read
+here. The regularization strength is chosen by 5-fold cross-validation on the training data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import Stemmer
+
+from routing.classifier import Opinion, RoleModel, _softmax_opinion, classifier_text, feature_name
+from routing.eval import DEFAULT_RULES, ROOT, TRAIN_SETS, Example, load_examples
+from routing.rules import AGENT_ROLES, AgentRole, RoutingRules, load_rules
+from routing.text import CYRILLIC_TOKEN, fold
+from routing.triggers import TOKEN, TriggerIndex
+
+MODEL_FILE = ROOT / "routing" / "role_model.json"
+MIN_EXAMPLES = 2  # a reading must occur in this many training prompts to become a feature
+C_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)
+# A reading whose largest weight is below this is dropped from the shipped file: fewer readings
+# known means fewer chunks summed per decision (chosen by 5-fold accuracy, see `--prune`).
+MIN_WEIGHT = 0.0
+SEED = 7
+
+
+def translit_stems(examples: Sequence[Example]) -> tuple[str, ...]:
+    """Russian stems seen in at least two training prompts: what a transliterated word may mean."""
+    stem = Stemmer.Stemmer("russian").stemWord
+    seen = Counter(
+        s for e in examples for s in {stem(t) for t in TOKEN.findall(fold(e.text)) if CYRILLIC_TOKEN.fullmatch(t)}
+    )
+    return tuple(sorted(s for s, n in seen.items() if n >= MIN_EXAMPLES and len(s) >= 4))
+
+
+def features(index: TriggerIndex, text: str) -> Counter[str]:
+    """What the classifier sums at decision time: reading counts, once per distinct chunk."""
+    counts: Counter[str] = Counter()
+    for chunk in set(classifier_text(text).split()):
+        counts.update(feature_name(r) for r in index.chunk_readings(chunk))
+    return counts
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Trainer:
+    def __init__(self, rules: RoutingRules, examples: Sequence[Example]) -> None:
+        self.examples = list(examples)
+        self.stems = translit_stems(self.examples)
+        self.index = TriggerIndex(rules, translit_stems=self.stems)
+        rows = [features(self.index, e.text) for e in self.examples]
+        document_frequency = Counter(name for row in rows for name in row)
+        self.names = sorted(n for n, df in document_frequency.items() if df >= MIN_EXAMPLES)
+        self.rows = rows
+        self.labels = [AGENT_ROLES.index(e.role) for e in self.examples]
+
+    def matrix(self, rows: Sequence[Counter[str]]) -> Any:
+        from scipy.sparse import csr_matrix
+
+        column = {n: i for i, n in enumerate(self.names)}
+        data, indices, pointers = [], [], [0]
+        for row in rows:
+            for name, count in row.items():
+                if name in column:
+                    indices.append(column[name])
+                    data.append(float(count))
+            pointers.append(len(indices))
+        return csr_matrix((data, indices, pointers), shape=(len(rows), len(self.names)))
+
+    def fit(self, c: float, rows: Sequence[Counter[str]], labels: Sequence[int], min_weight: float) -> Any:
+        """Fitted, then its small readings zeroed (as the shipped file drops them)."""
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=c, max_iter=5000, random_state=SEED).fit(self.matrix(rows), labels)
+        model.coef_[:, abs(model.coef_).max(axis=0) < min_weight] = 0.0
+        return model
+
+    def out_of_fold(self, c: float, min_weight: float = MIN_WEIGHT, folds: int = 5) -> list[Opinion]:
+        """Each training prompt's opinion from a model that did not see it (for tuning thresholds)."""
+        from sklearn.model_selection import StratifiedKFold
+
+        opinions: list[Opinion | None] = [None] * len(self.rows)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=SEED)
+        for train, test in splitter.split(self.rows, self.labels):
+            model = self.fit(c, [self.rows[i] for i in train], [self.labels[i] for i in train], min_weight)
+            scores = model.decision_function(self.matrix([self.rows[i] for i in test]))
+            for i, row in zip(test, scores, strict=True):
+                opinions[i] = _softmax_opinion(_roles(model), list(row))
+        return [o for o in opinions if o is not None]
+
+    def accuracy(self, c: float, min_weight: float = MIN_WEIGHT) -> float:
+        opinions = self.out_of_fold(c, min_weight)
+        return sum(o.role == e.role for o, e in zip(opinions, self.examples, strict=True)) / len(opinions)
+
+    def choose_c(self) -> tuple[float, dict[float, float]]:
+        accuracy = {c: self.accuracy(c) for c in C_GRID}
+        return max(C_GRID, key=lambda c: (accuracy[c], -c)), accuracy
+
+    def model(self, c: float, trained_on: dict[str, str]) -> RoleModel:
+        fitted = self.fit(c, self.rows, self.labels, MIN_WEIGHT)
+        weights = {}
+        for j, name in enumerate(self.names):
+            column = [round(float(w), 4) for w in fitted.coef_[:, j]]
+            if any(column):
+                weights[name] = tuple(column)
+        return RoleModel(
+            roles=_roles(fitted),
+            bias=tuple(round(float(b), 4) for b in fitted.intercept_),
+            weights=weights,
+            translit_stems=self.stems,
+            trained_on=trained_on,
+        )
+
+
+def _roles(model: Any) -> tuple[AgentRole, ...]:
+    return tuple(AGENT_ROLES[int(k)] for k in model.classes_)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="routing.train")
+    parser.add_argument("--out", type=Path, default=MODEL_FILE)
+    parser.add_argument("--rules", type=Path, default=DEFAULT_RULES)
+    parser.add_argument("--prune", action="store_true", help="5-fold accuracy by MIN_WEIGHT, then exit")
+    args = parser.parse_args(argv)
+    examples = [e for path in TRAIN_SETS for e in load_examples(path)]
+    trainer = Trainer(load_rules(args.rules), examples)
+    c, accuracy = trainer.choose_c()
+    if args.prune:
+        print(", ".join(f"min weight {w:g}: {trainer.accuracy(c, w):.3f}" for w in (0.0, 0.1, 0.25, 0.4, 0.6)))
+        return 0
+    print(f"{len(examples)} training prompts, {len(trainer.names)} readings; 5-fold accuracy by C:")
+    print("  " + ", ".join(f"C={k:g}: {v:.3f}" for k, v in accuracy.items()) + f" -> C={c:g}")
+    model = trainer.model(c, {str(p.relative_to(ROOT)): sha256(p) for p in TRAIN_SETS})
+    args.out.write_bytes(msgspec.json.encode(model) + b"\n")
+    print(f"wrote {args.out} ({len(model.weights)} weighted readings, {args.out.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Routing that understands context: phrases hide the words inside them, margins, the classifier.
+
+The prompts here are written for these tests (not taken from the labelled sets), one group per
+class of miss the independent set showed: `dependency injection` is not an attack, a Go or
+TypeScript interface is code, a type checker's complaint is dev work, slow pages losing their
+ranking is seo, and the colours, spacing and layout of buttons or a mobile dashboard are ux.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from routing.classifier import classifier_text
+from routing.eval import HELDOUT_SET, ROOT, SUBSETS, TRAIN_SETS, by_subset, decider, load_examples, naive_router, score
+from routing.roles import RoleDecision, resolve_role
+from routing.router import DEFAULT_RULES, role_readers
+from routing.rules import load_rules
+
+RULES = load_rules(DEFAULT_RULES)
+INDEX, CLASSIFIER = role_readers(RULES)
+
+
+def route(text: str) -> RoleDecision:
+    return resolve_role(RULES, INDEX, header=None, model="auto", user_text=text, system_text="", classifier=CLASSIFIER)
+
+
+def roles_matched(text: str) -> set[str]:
+    return {hit.trigger.role for hit in INDEX.match(text)}
+
+
+MISSES = {
+    "dev": [
+        "как в Litestar сделать внедрение зависимостей для сессии базы",
+        "внедрение зависимостей в NestJS: провайдер не находится в модуле",
+        "FastAPI dependency injection: how do I override a dependency in one router only",
+        "Spring dependency injection picks the wrong bean when two implement the same interface",
+        "how do I declare an interface in Go for a cache with Get and Set",
+        "TypeScript interface for the API response with optional fields, extends or intersection?",
+        "объяви интерфейс в Go для очереди задач и сделай реализацию на каналах",
+        "mypy says Incompatible types in assignment (expression has type None), how to fix properly",
+        "проверка типов в pyright ругается на Optional[str] при вызове функции",
+        "tsc type checking fails: Property 'id' does not exist on type 'never'",
+    ],
+    "seo": [
+        "страницы медленно грузятся и сайт просел в выдаче Яндекса, что с этим делать",
+        "our product pages got slow after the redesign and lost their Google rankings",
+        "LCP 5 seconds on mobile and traffic from search dropped, is it the page speed",
+    ],
+    "ux": [
+        "подбери цвета и отступы для кнопок на мобильном дашборде",
+        "what colours and spacing should the primary and secondary buttons have",
+        "layout of the mobile dashboard: cards are cramped and the buttons overlap",
+        "сделай раскладку экрана настроек на телефоне чтобы кнопки не налезали друг на друга",
+    ],
+}
+
+
+@pytest.mark.parametrize(("role", "text"), [(role, text) for role, texts in MISSES.items() for text in texts])
+def test_each_class_of_miss_goes_to_its_role(role: str, text: str) -> None:
+    decision = route(text)
+    assert decision.role == role, decision
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        ("set up dependency injection in FastAPI", "security"),  # dev's phrase hides `injection`
+        ("внедрение зависимостей через конструктор", "architect"),
+        ("how do I declare an interface in Go", "ux"),  # dev's phrase hides `interface`
+        ("mypy type checking fails on this module", "qa"),  # `checking` is not a test here
+    ],
+)
+def test_a_phrase_hides_the_words_inside_it_from_other_roles(text: str, hidden: str) -> None:
+    assert hidden not in roles_matched(text)
+    assert "dev" in roles_matched(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "role"),
+    [
+        ("is there a sql injection in this query", "security"),
+        ("найди sql-инъекцию в этом запросе", "security"),
+        ("the settings interface is confusing for new users", "ux"),
+        ("покрой тестами модуль оплаты", "qa"),
+    ],
+)
+def test_the_same_words_outside_those_phrases_still_count(text: str, role: str) -> None:
+    assert role in roles_matched(text)
+    assert route(text).role == role
+
+
+def test_the_margin_is_the_winners_lead_as_a_share_of_its_score() -> None:
+    alone = route("проверь уязвимости в этом коде")
+    assert (alone.role, alone.source, alone.margin) == ("security", "trigger", 1.0)
+    without = resolve_role(RULES, INDEX, header=None, model="auto", user_text="напиши тесты на XSS", system_text="")
+    assert (without.role, without.source, without.margin) == ("security", "trigger", 0.5)  # xss 2 vs тест 1
+
+
+def test_no_trigger_falls_to_the_classifier_and_it_reports_its_confidence() -> None:
+    assert not INDEX.match("the page jumps around while it loads and people tap the wrong thing")
+    decision = route("the page jumps around while it loads and people tap the wrong thing")
+    assert decision.source == "classifier"
+    assert 0.0 < decision.margin <= 1.0
+
+
+def test_without_a_classifier_no_trigger_is_the_default() -> None:
+    decision = resolve_role(RULES, INDEX, header=None, model="auto", user_text="hello there", system_text="")
+    assert (decision.role, decision.source, decision.margin) == ("dev", "default", 0.0)
+
+
+def test_the_classifier_reads_the_head_and_tail_of_a_long_text() -> None:
+    text = "A" * 5000 + " middle " + "Z" * 5000
+    read = classifier_text(text)
+    assert "middle" not in read
+    assert read.startswith("A" * 700)
+    assert read.endswith("Z" * 300)
+    assert classifier_text("fix ```def test_x(): pass``` this") == "fix   this"
+
+
+def test_the_shipped_model_was_trained_on_the_training_sets_as_they_are() -> None:
+    """A changed training file without `python -m routing.train` would ship a stale model."""
+    assert CLASSIFIER is not None
+    trained_on = CLASSIFIER.model.trained_on
+    assert trained_on == {
+        str(path.relative_to(ROOT)): hashlib.sha256(path.read_bytes()).hexdigest() for path in TRAIN_SETS
+    }
+    assert str(HELDOUT_SET.relative_to(ROOT)) not in trained_on
+
+
+def test_the_held_out_split_shares_no_prompt_with_training() -> None:
+    heldout = {e.text.strip().lower() for e in load_examples(HELDOUT_SET)}
+    training = {e.text.strip().lower() for path in TRAIN_SETS for e in load_examples(path)}
+    assert len(heldout) >= 400
+    assert len(heldout) + len(training) >= 800
+    assert not heldout & training
+
+
+def test_held_out_figures() -> None:
+    examples = load_examples(HELDOUT_SET)
+    decide = decider(RULES)
+    predicted = [decide(e).role for e in examples]
+    ours = score(examples, predicted)
+    naive = score(examples, [naive_router(RULES)(e) for e in examples])
+    assert ours.macro_f1 >= 0.85, ours
+    assert ours.macro_f1 - naive.macro_f1 >= 0.2
+    subsets = by_subset(examples, predicted)
+    assert set(subsets) == set(SUBSETS)
+    assert min(s.macro_f1 for s in subsets.values()) >= 0.8, subsets
