@@ -12,6 +12,7 @@ Run: ``python -m benchmarks.bench_routing [--decisions N]``.
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import statistics
 import sys
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return completed(dispatcher.explain(generation, AUTO))
 
     naive = naive_router(rules)
+    gc.collect()
+    gc.freeze()  # as `konsilium serve` does after start-up: the collector skips the start-up heap
     print(f"{args.decisions} decisions on {PROMPT_CHARS}-character prompts (200 distinct each), one core")
     print(f"{'':<44}{'p50 us':>10}{'p99 us':>10}")
     verdict = 0.0

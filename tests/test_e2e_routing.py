@@ -167,8 +167,8 @@ def test_a_latency_budget_only_the_resident_model_meets(routed: Server) -> None:
     assert patient.headers["x-konsilium-model"] == "cold-big"
 
 
-def explain(server: Server, text: str) -> dict[str, Any]:
-    body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+def explain(server: Server, text: str, model: str = "auto") -> dict[str, Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": text}]}
     reply = httpx.post(f"{server.base_url}/admin/route", json=body, timeout=30)
     assert reply.status_code == 200, reply.text
     result: dict[str, Any] = reply.json()
@@ -193,19 +193,20 @@ def test_explain_without_generating(routed: Server) -> None:
 
 
 def test_the_context_check_counts_with_the_resident_models_tokenizer(routed: Server) -> None:
-    """`general` (n_ctx 512) is resident, so the gateway counts with its tokenizer and template."""
-    too_long = explain(routed, "hello " * 600)
+    """`general` (n_ctx 512) is resident, so the gateway counts with its tokenizer and template.
+    The role is named (`dev`): a page of `hello` means nothing to the classifier either way."""
+    too_long = explain(routed, "hello " * 600, model="dev")
     assert (too_long["role"], too_long["target"]["model"]) == ("dev", None)
     [skipped] = too_long["skipped"]
     assert skipped["target"] == "general"
     counted = int(skipped["why"].removeprefix("context 512 < ").removesuffix(" tokens of prompt"))
     assert 600 < counted < 700, "an exact count: 600 words plus the chat template, not the ~1200 estimate"
-    reply = ask(routed, "hello " * 600)
+    reply = ask(routed, "hello " * 600, model="dev")
     assert reply.status_code == 400, "no model can hold it: the client's to shorten, not to retry"
     error = reply.json()["error"]
     assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
     assert error["message"].startswith("The prompt is too long for every model that could answer: general: context 512")
-    fits = explain(routed, "hello " * 150)  # the 3-characters-a-token estimate: 301 tokens
+    fits = explain(routed, "hello " * 150, model="dev")  # the 3-characters-a-token estimate: 301 tokens
     assert (fits["target"]["model"], fits["skipped"]) == ("general", [])
 
 

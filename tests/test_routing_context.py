@@ -105,6 +105,11 @@ def test_no_trigger_falls_to_the_classifier_and_it_reports_its_confidence() -> N
     assert 0.0 < decision.margin <= 1.0
 
 
+@pytest.mark.parametrize("text", ["hello there", "привет", "thanks!", "спасибо, продолжай", "what do you think?"])
+def test_greetings_and_follow_ups_stay_with_the_default_role(text: str) -> None:
+    assert route(text).role == "dev"
+
+
 def test_without_a_classifier_no_trigger_is_the_default() -> None:
     decision = resolve_role(RULES, INDEX, header=None, model="auto", user_text="hello there", system_text="")
     assert (decision.role, decision.source, decision.margin) == ("dev", "default", 0.0)
@@ -143,8 +148,9 @@ def test_held_out_figures() -> None:
     predicted = [decide(e).role for e in examples]
     ours = score(examples, predicted)
     naive = score(examples, [naive_router(RULES)(e) for e in examples])
-    assert ours.macro_f1 >= 0.85, ours
-    assert ours.macro_f1 - naive.macro_f1 >= 0.2
+    assert ours.macro_f1 >= 0.95, ours  # seen: 0.952 (the target, 0.97, is not met yet)
+    assert min(f1 for _, _, f1 in ours.per_role.values()) >= 0.93, ours.per_role
+    assert ours.macro_f1 - naive.macro_f1 >= 0.3
     subsets = by_subset(examples, predicted)
     assert set(subsets) == set(SUBSETS)
-    assert min(s.macro_f1 for s in subsets.values()) >= 0.8, subsets
+    assert min(s.macro_f1 for s in subsets.values()) >= 0.9, subsets
