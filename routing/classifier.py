@@ -8,7 +8,8 @@ transliteration key, and of its layout-swapped key for a Latin token (`bezopasno
 `безопасность` and `,tpjgfcyjcnm` share most of theirs; typos keep most of theirs). The
 triggers' scores are not features: the triggers were tuned on the training prompts, so they look
 more reliable there than on new text (tried: 5-fold accuracy rose, held-out macro-F1 fell). The
-model is multinomial logistic regression trained offline by `python -m routing.train` from the
+model is multinomial logistic regression plus a fifth of Complement Naive Bayes (one weight table:
+both are linear in the counts), trained offline by `python -m routing.train` from the
 labelled sets in `tests/data/` (never the held-out split) and shipped as `routing/role_model.json`:
 a weight per role for each kept reading. Deciding is pure and needs no library: each distinct
 chunk's weights are summed once and remembered (one dict per role), so a text costs a set

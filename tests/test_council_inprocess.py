@@ -345,7 +345,8 @@ async def test_any_request_to_a_cloud_target_needs_consent_and_is_scrubbed() -> 
     question = {"messages": [{"role": "user", "content": "Mail anna@example.org"}]}
     async with serving(models, **settings()) as (client, _):
         local = await client.post("/v1/chat/completions", json={"model": "role:director", **question})
-        asked = await client.post("/v1/chat/completions", json={"model": "cloud", **question})
+        dev = {"x-konsilium-role": "dev"}  # the role named, so the chain it falls to is known
+        asked = await client.post("/v1/chat/completions", json={"model": "cloud", **question}, headers=dev)
         cloud = await client.post("/v1/chat/completions", json={"model": "role:director", **question}, headers=CONSENT)
     assert (local.status_code, local.headers["x-konsilium-model"]) == (200, "d")
     assert (asked.status_code, asked.headers["x-konsilium-model"]) == (200, "a"), "named, skipped: the role's chain"
