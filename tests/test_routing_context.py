@@ -148,7 +148,7 @@ def test_held_out_figures() -> None:
     predicted = [decide(e).role for e in examples]
     ours = score(examples, predicted)
     naive = score(examples, [naive_router(RULES)(e) for e in examples])
-    assert ours.macro_f1 >= 0.95, ours  # seen: 0.956 (the target, 0.97, is not met yet)
+    assert ours.macro_f1 >= 0.95, ours  # seen: 0.960 (the target, 0.97, is not met yet)
     assert min(f1 for _, _, f1 in ours.per_role.values()) >= 0.93, ours.per_role
     assert ours.macro_f1 - naive.macro_f1 >= 0.3
     subsets = by_subset(examples, predicted)
