@@ -32,7 +32,7 @@ from routing.triggers import PUNCT, Reading, TriggerIndex
 
 HEAD_CHARS = 700  # the classifier reads a long text's head and tail: where a request says what it wants
 TAIL_CHARS = 300
-MEMO_SIZE = 200_000
+MEMO_SIZE = 50_000  # distinct chunks remembered (~0.5 KB each: a float per role), then cleared
 GRAM = 4  # 5-fold accuracy on the training prompts: readings alone 0.883, with 3-grams 0.887, 4-grams 0.906
 
 

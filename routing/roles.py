@@ -7,9 +7,9 @@ triggers anyway; the triggers in the system prompt; the configured default.
 
 Every matched trigger adds its weight to its role (terms and phrases weigh more than single
 words: they are more specific); the highest score wins, a tie goes to the role with the higher
-`priority` — so among triggers "напиши тесты на XSS" is `security`, not `qa`. The margin is the winner's lead
-over the runner-up as a share of its score (1.0: no other role matched). The triggers decide
-alone when the margin is above `classifier.below_margin` and the score reaches
+`priority` — so among triggers "напиши тесты на XSS" is `security`, not `qa`. The margin is the
+winner's lead over the runner-up as a share of its score (1.0: no other role matched). The
+triggers decide alone when the margin is above `classifier.below_margin` and the score reaches
 `classifier.trust_score` (a phrase or a term, not one lone word); otherwise the classifier is
 asked.
 """
@@ -77,7 +77,7 @@ def resolve_role(
     if triggered is not None and triggered.margin > sure.below_margin and scores[triggered.role][0] >= sure.trust_score:
         return triggered
     opinion = classifier.opinion(user_text) if classifier is not None and user_text else None
-    if opinion is not None and opinion.confidence >= rules.classifier.min_confidence:
+    if opinion is not None and opinion.confidence >= sure.min_confidence:
         matched = triggered.matched if triggered is not None and triggered.role == opinion.role else ()
         return RoleDecision(opinion.role, "classifier", matched, language, round(opinion.margin, 3))
     return (
