@@ -139,8 +139,8 @@ def tune(rules: RoutingRules, examples: Sequence[Example]) -> str:
     from routing.train import Trainer
 
     trainer = Trainer(rules, examples)
-    c, _ = trainer.choose_c()
-    out_of_fold = _Recorded(dict(zip((e.text for e in trainer.examples), trainer.out_of_fold(c), strict=True)))
+    c, _, opinions = trainer.choose_c()
+    out_of_fold = _Recorded(dict(zip((e.text for e in trainer.examples), opinions, strict=True)))
 
     results = []
     for below in (0.0, 0.2, 0.34, 0.5, 0.67, 0.8, 0.99, 1.0):

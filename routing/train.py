@@ -38,7 +38,7 @@ SEED = 7
 
 
 def translit_stems(examples: Sequence[Example]) -> tuple[str, ...]:
-    """Russian stems seen in at least two training prompts: what a transliterated word may mean."""
+    """Russian stems seen in `MIN_EXAMPLES` training prompts: what a transliterated word may mean."""
     stem = Stemmer.Stemmer("russian").stemWord
     seen = Counter(
         s for e in examples for s in {stem(t) for t in TOKEN.findall(fold(e.text)) if CYRILLIC_TOKEN.fullmatch(t)}
@@ -108,13 +108,15 @@ class Trainer:
                 opinions[i] = _softmax_opinion(model.roles, [float(v) for v in row])
         return [o for o in opinions if o is not None]
 
-    def accuracy(self, c: float) -> float:
-        opinions = self.out_of_fold(c)
-        return sum(o.role == e.role for o, e in zip(opinions, self.examples, strict=True)) / len(opinions)
-
-    def choose_c(self) -> tuple[float, dict[float, float]]:
-        accuracy = {c: self.accuracy(c) for c in C_GRID}
-        return max(C_GRID, key=lambda c: (accuracy[c], -c)), accuracy
+    def choose_c(self) -> tuple[float, dict[float, float], list[Opinion]]:
+        """The C with the best 5-fold accuracy, every C's accuracy, and the chosen C's opinions."""
+        opinions = {c: self.out_of_fold(c) for c in C_GRID}
+        accuracy = {
+            c: sum(o.role == e.role for o, e in zip(found, self.examples, strict=True)) / len(found)
+            for c, found in opinions.items()
+        }
+        best = max(C_GRID, key=lambda c: (accuracy[c], -c))
+        return best, accuracy, opinions[best]
 
     def model(self, c: float, trained_on: dict[str, str]) -> RoleModel:
         fitted = self.fit(c, self.rows, self.labels)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     examples = [e for path in TRAIN_SETS for e in load_examples(path)]
     trainer = Trainer(load_rules(args.rules), examples)
-    c, accuracy = trainer.choose_c()
+    c, accuracy, _ = trainer.choose_c()
     print(f"{len(examples)} training prompts, {len(trainer.names)} readings; 5-fold accuracy by C:")
     print("  " + ", ".join(f"C={k:g}: {v:.3f}" for k, v in accuracy.items()) + f" -> C={c:g}")
     model = trainer.model(c, {str(p.relative_to(ROOT)): sha256(p) for p in TRAIN_SETS})
