@@ -14,6 +14,7 @@ from litestar.middleware import DefineMiddleware
 from gateway import admin, completions, models
 from gateway import metrics as gateway_metrics
 from gateway.auth import KeyAuth
+from gateway.embeddings import routes as embeddings
 from gateway.errors import render
 from gateway.messages import routes as messages
 from gateway.metrics import StateCollector
@@ -84,6 +85,7 @@ def create_app(
             *([gateway_metrics.metrics] if metrics is not None else []),
             completions.chat_completions,
             completions.completions,
+            embeddings.create_embeddings,
             responses.create_response,
             responses.retrieve_response,
             responses.delete_response,

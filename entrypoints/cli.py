@@ -1,4 +1,4 @@
-"""The `konsilium` command: serve, ps, models list / validate, pull, route, keys, config-schema."""
+"""The `konsilium` command: serve, run, ps, models list / validate, pull, route, keys, config-schema."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(serve)
     serve.add_argument("--host", help="override the config's host")
     serve.add_argument("--port", type=int, help="override the config's port")
+    run = commands.add_parser("run", help="chat with a model in the terminal (like `ollama run`)")
+    run.add_argument("model", help="a model id, `auto`, a role, or `konsilium` (the council)")
+    run.add_argument("prompt", nargs="?", help="one prompt to answer (default: a conversation; or stdin)")
+    run.add_argument("--url", help="a running server (default: 127.0.0.1:8400, else one started here)")
+    run.add_argument("--system", help="a system prompt")
+    _config_option(run)
     ps = commands.add_parser("ps", help="what a running Konsilium has loaded (like `ollama ps`)")
     ps.add_argument("--url", default="http://127.0.0.1:8400", help="the server (default: %(default)s)")
     models_command = commands.add_parser("models", help="list or validate manifests")
@@ -121,6 +127,10 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(manifest_json_schema() if args.manifest else config_json_schema(), indent=2, sort_keys=True))
     elif args.command == "serve":
         serve(_config(args))
+    elif args.command == "run":
+        from entrypoints import terminal
+
+        return terminal.run(args.model, args.prompt, url=args.url, config=args.config, system=args.system)
     elif args.command == "ps":
         return commands.ps(args.url)
     elif args.command == "route":

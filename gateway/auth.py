@@ -160,14 +160,27 @@ async def admit(tenancy: Tenancy | None, generation: GenerationRequest, metrics:
     caller = CALLER.get()
     if tenancy is None or caller is None or not caller.key.limited:
         return generation
-    key = caller.key
     reserve = generation.max_tokens or tenancy.completion_reserve_tokens
-    caller.lease = lease = await tenancy.limiter.acquire(key, estimated_tokens(generation) + reserve)
+    await _reserve(tenancy, caller, estimated_tokens(generation) + reserve, metrics)
+    if caller.key.tpm is not None and generation.max_tokens is None:
+        return msgspec.structs.replace(generation, max_tokens=reserve)
+    return generation
+
+
+async def admit_tokens(tenancy: Tenancy | None, tokens: int, metrics: Metrics | None) -> None:
+    """An embedding's place in its key's limits: its inputs' tokens, nothing generated."""
+    caller = CALLER.get()
+    if tenancy is not None and caller is not None and caller.key.limited:
+        await _reserve(tenancy, caller, tokens, metrics)
+
+
+async def _reserve(tenancy: Tenancy, caller: Caller, tokens: int, metrics: Metrics | None) -> None:
+    """One limiter call counts the request, reserves `tokens` and takes a parallel slot; a 429 if not."""
+    key = caller.key
+    caller.lease = lease = await tenancy.limiter.acquire(key, tokens)
     decision = lease.decision
     if decision.admitted:
-        if key.tpm is not None and generation.max_tokens is None:
-            return msgspec.structs.replace(generation, max_tokens=reserve)
-        return generation
+        return
     if metrics is not None:
         metrics.rate_limited.inc((key.name, decision.refused_by.removesuffix("_too_large")))
     raise refusal(key, lease.reserved, decision)

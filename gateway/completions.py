@@ -75,6 +75,8 @@ async def _dispatched(
     record.role, record.model = dispatched.role.role, dispatched.target
     record.fallbacks = tuple(a.target for a in dispatched.failed)
     headers = {**route_headers(dispatched), "x-request-id": record.request_id}
+    if generation.suffix is not None and (fim := services.store.view_of(services.store.base_of(dispatched.target)).fim):
+        headers["x-konsilium-fim"] = fim  # native, or emulated through the chat template
     wire = make_wire(dispatched.target)
     events = dispatched.events
     if generation.stream:

@@ -37,6 +37,7 @@ def chat_request(body: p.ChatCompletionRequest) -> GenerationRequest:
         json_output=_json_output(body.response_format),
         tools=tuple(_tool(t, i) for i, t in enumerate(body.tools or ())),
         tool_choice=_tool_choice(body.tool_choice, bool(body.tools)),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
         **_sampling(body),
     )
 

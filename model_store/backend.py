@@ -8,8 +8,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from konsilium.errors import WrongModelKindError
 from konsilium.manifest import Manifest
-from model_store.types import Event, GenerationRequest
+from model_store.types import EmbeddingRequest, Embeddings, Event, GenerationRequest
 
 State = Literal["unloaded", "loading", "ready", "unloading", "failed"]
 
@@ -41,8 +42,17 @@ class Health(msgspec.Struct, frozen=True):
     adapters: tuple[str, ...] = ()  # LoRA adapters resident on it now (vllm)
 
 
+def wrong_kind(model_id: str, *, embedding: bool) -> WrongModelKindError:
+    """The 400 for a request of the other kind: `embedding` says what the model is."""
+    if embedding:
+        message = f"The model {model_id!r} is an embedding model: it answers POST /v1/embeddings only."
+    else:
+        message = f"The model {model_id!r} does not create embeddings (its manifest has no `embedding: true`)."
+    return WrongModelKindError(message, param="model")
+
+
 class Backend(Protocol):
-    """A model that can generate.
+    """A model that can generate, or embed (a manifest with `embedding: true`).
 
     `stream()` is an async generator: it waits its turn, yields events, and when it is closed
     early (client gone) it stops the generation and gives the turn away. Errors are
@@ -58,6 +68,12 @@ class Backend(Protocol):
 
     def stream(self, request: GenerationRequest, adapter: str | None = None) -> AsyncGenerator[Event, None]:
         """`adapter`: a LoRA adapter the manifest declares (only vllm models declare any)."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """One unit vector per input. It waits its turn as `stream()` does, and a caller that is
+        cancelled gives the turn away. The store asks only an embedding model; a backend that
+        cannot embed raises `wrong_kind(..., embedding=False)`."""
         ...
 
     def health(self) -> Health: ...

@@ -30,16 +30,17 @@ from konsilium.errors import (
     ModelLoadError,
     ModelNotFoundError,
     RateLimitError,
+    UnsupportedParameterError,
 )
 from konsilium.observability.events import NoObserver, Observer, UnloadReason
-from model_store.backend import Backend
+from model_store.backend import Backend, wrong_kind
 from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb, process_tree
 from model_store.checksum import ChecksumCache, default_cache_dir
 from model_store.estimate import GGUFError
 from model_store.lifecycle import Entry
 from model_store.planner import Resident, plan_load
 from model_store.registry import build_backend
-from model_store.types import Event, GenerationRequest
+from model_store.types import EmbeddingRequest, Embeddings, Event, GenerationRequest
 from model_store.views import BudgetView, ModelView, model_view
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,42 @@ class ModelStore:
                 self._observer.unloaded(entry.id, "shutdown")
             entry.move("shutdown")
 
-    # ---- serving -------------------------------------------------------------------------
+    # ---- serving ----------------------------------------------------------------------------
     async def stream(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
         entry = self._entries[self.base_of(model_id)]
+        if entry.manifest.embedding:
+            raise wrong_kind(model_id, embedding=True)
         adapter = model_id if model_id != entry.id else None
+        async with contextlib.aclosing(self._turn(entry, model_id)) as turn:
+            async for notice in turn:
+                if notice is None:
+                    break
+                yield notice
+            async for event in entry.backend.stream(request, adapter):
+                yield event
+
+    async def embed(self, model_id: str, request: EmbeddingRequest) -> Embeddings:
+        """Vectors from an embedding model, through the same queue, slots, leases and loading as
+        a generation (without its notices: nothing streams while it waits)."""
+        entry = self._get(model_id)
+        if not entry.manifest.embedding:
+            raise wrong_kind(model_id, embedding=False)
+        if request.dimensions is not None and not entry.manifest.matryoshka:
+            raise UnsupportedParameterError(
+                f"The model {model_id!r} does not take `dimensions`: its vectors are not trained to be "
+                "cut shorter (a Matryoshka model's manifest says `matryoshka: true`).",
+                param="dimensions",
+            )
+        async with contextlib.aclosing(self._turn(entry, model_id)) as turn:
+            async for notice in turn:
+                if notice is None:
+                    break
+            return await entry.backend.embed(request)
+
+    async def _turn(self, entry: Entry, model_id: str) -> AsyncGenerator[Notice | None, None]:
+        """Admit, lease, wait for a slot, make the model ready — yielding the notices on the way —
+        then `None`: the caller's turn, held until it closes this generator (no await in between
+        that and the slot's release, so a leaving client frees it at once)."""
         self._admit(entry)
         entry.leases += 1
         try:
@@ -192,8 +225,7 @@ class ModelStore:
                     if entry.manifest.path is not None:  # a remote model has nothing to wait for
                         yield Loading(model=model_id)
                     await asyncio.shield(task)
-                async for event in entry.backend.stream(request, adapter):
-                    yield event
+                yield None
             finally:
                 entry.in_flight -= 1
                 entry.slots.release()

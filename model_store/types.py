@@ -63,6 +63,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     json_output: JsonOutput | None = None
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str = "none"  # "none" | "auto" | "required" | a tool's name
+    parallel_tool_calls: bool = True  # the model may make several calls in one answer
 
 
 class TokenLogprob(msgspec.Struct, frozen=True):
@@ -121,3 +122,28 @@ def tool_dict(tool: ToolSpec) -> dict[str, object]:
     if tool.parameters is not None:
         function["parameters"] = tool.parameters
     return {"type": "function", "function": function}
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bounds on one embeddings request
+MAX_EMBEDDING_TOKENS = 300_000  # summed over its inputs
+
+
+class EmbeddingRequest(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What to embed: texts, or token ids of the model's own vocabulary (one kind per request, as
+    OpenAI's `input`); the gateway has checked that each input is there and the bounds above."""
+
+    texts: tuple[str, ...] = ()
+    tokens: tuple[tuple[int, ...], ...] = ()
+    dimensions: int | None = None  # the vector's first N components, re-normalised (a Matryoshka model)
+
+    @property
+    def count(self) -> int:
+        return len(self.texts) or len(self.tokens)
+
+
+class Embeddings(msgspec.Struct, frozen=True):
+    """One unit-length vector per input, in input order, each as little-endian float32 bytes (what
+    OpenAI's `encoding_format: base64` carries); `prompt_tokens` counts every input's tokens."""
+
+    vectors: tuple[bytes, ...]
+    prompt_tokens: int

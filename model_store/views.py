@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
+from konsilium.manifest import Manifest
 from model_store.backend import State
 from model_store.lifecycle import Entry
 
@@ -43,6 +44,10 @@ class ModelView(msgspec.Struct, frozen=True):
     load_seconds: float | None
     loads: int
     adapters: tuple[AdapterView, ...] = ()
+    embedding: bool = False  # an embedding model (POST /v1/embeddings only)
+    # fill-in-the-middle: "native" (FIM tokens: the loaded vocabulary's, or the manifest's
+    # `capabilities`), "emulated" (a llama.cpp model without them, `fim: emulate`), or "" (passed on)
+    fim: str = ""
 
 
 class BudgetView(msgspec.Struct, frozen=True):
@@ -84,4 +89,12 @@ def model_view(entry: Entry) -> ModelView:
         adapters=tuple(
             AdapterView(name=a.name, resident=state == "ready" and a.name in health.adapters) for a in m.adapters
         ),
+        embedding=m.embedding,
+        fim=fim_mode(m, info.supports_fim),
     )
+
+
+def fim_mode(manifest: Manifest, supports_fim: bool) -> str:
+    if supports_fim or "fim" in manifest.capabilities:
+        return "native"
+    return "emulated" if manifest.backend_name == "llama_cpp" and manifest.fim == "emulate" else ""

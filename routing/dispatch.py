@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,15 +29,18 @@ from konsilium.errors import (
     CloudConsentRequiredError,
     ContextLengthExceededError,
     GatewayError,
+    InvalidRequestError,
     ModelNotFoundError,
 )
+from model_store.backend import wrong_kind
 from model_store.store import ModelStore, Notice, StoreEvent
-from model_store.types import Finish, GenerationRequest, TextDelta
+from model_store.types import EmbeddingRequest, Embeddings, Finish, GenerationRequest, TextDelta
 from model_store.views import ModelView
 from routing.policy import CHARS_PER_TOKEN, CONSENT_HEADER, NO_CONSENT, RouteDecision, TargetState
 from routing.privacy import Scrubber
+from routing.privacy.scrubber import Vault
 from routing.privacy.stream import restored, scrub_request
-from routing.requests import Prompt, RouteRequest, estimated_tokens, prompt_of
+from routing.requests import Access, Prompt, RouteRequest, estimated_tokens, prompt_of
 from routing.roles import RoleDecision
 from routing.router import AllTargetsFailedError, Attempt, Router
 
@@ -67,6 +70,24 @@ class DispatchObserver(Protocol):
 
 NOTHING_REDACTED: Mapping[str, int] = {}
 SCRUB_INLINE_CHARS = 16_384  # longer prompts are scrubbed off the event loop
+# what routing reads of an embedding: no role is read from the texts it embeds
+NO_PROMPT = Prompt(user_text="", system_text="", estimated_tokens=0, max_tokens=None, short_answer=False)
+
+
+class KindAccess(Access, frozen=True, kw_only=True):
+    """What a request may use: what its key may (`keys`: false when keys are off), of its own
+    kind only — a generation never an embedding model, an embedding nothing else. It is checked
+    where a key's own exclusions are (`Router.permits`), before routing sees the chain: no
+    decision, skip or error names a model of the other kind."""
+
+    keys: bool
+    embedding: bool  # the request wants vectors
+    embedding_models: frozenset[str]
+
+    def permits(self, name: str, base: str, tenants: Sequence[str]) -> bool:
+        if (base in self.embedding_models) != self.embedding:
+            return False
+        return not self.keys or super().permits(name, base, tenants)
 
 
 class _Unwatched:
@@ -111,6 +132,13 @@ class Dispatched:
         return self.target if self.target != self.model else None
 
 
+@dataclass(frozen=True)
+class Embedded:
+    target: str  # the model that answered
+    embeddings: Embeddings
+    redacted: Mapping[str, int]  # what the privacy filter replaced before a cloud target, by type
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -126,16 +154,23 @@ class Dispatcher:
         self._router = router
         self._observer = observer or NoDispatchObserver()
         self._clock = clock
+        self._embedding = frozenset(v.id for v in store.view() if v.embedding)
 
     async def explain(
         self, generation: GenerationRequest, route: RouteRequest, *, quiet: bool = False
     ) -> tuple[RoleDecision, RouteDecision]:
         """The routing decision for this request in the current state, without generating.
         `quiet`: a look ahead (the council's, before its fan-out), neither counted nor traced."""
+        return await self._decide(route, prompt_of(generation), generation, quiet=quiet)
+
+    async def _decide(
+        self, route: RouteRequest, prompt: Prompt, generation: GenerationRequest | None, *, quiet: bool
+    ) -> tuple[RoleDecision, RouteDecision]:
+        """`generation` None: an embedding's decision (its chain holds only embedding models)."""
+        route = self._of_kind(route, embedding=generation is None)
         explicit = self._store.knows(route.model) and self._router.permits(route, route.model)
         if not explicit and not self._router.routes(route.model):  # another tenant's adapter is unknown too
             raise ModelNotFoundError(f"The model {route.model!r} does not exist.", param="model")
-        prompt = prompt_of(generation)
         started = time.time_ns()
         facts = await self.facts(generation, prompt)
         role, decision = self._router.decide(facts, route, prompt, explicit=explicit, quiet=quiet)
@@ -157,6 +192,37 @@ class Dispatcher:
         opened = await self._router.open_first(decision, attempt)
         model = self._store.base_of(opened.target)
         return Dispatched(role, decision, opened.target, opened.first, opened.events, opened.failed, model)
+
+    def _of_kind(self, route: RouteRequest, *, embedding: bool) -> RouteRequest:
+        """The request narrowed to the models of its kind. Naming a model of the other kind that
+        the key may use is a 400; an embedding names its model (vectors of two models do not mix,
+        so nothing routes one by role and nothing falls back)."""
+        name, access = route.model, route.access
+        if self._store.knows(name) and self._router.permits(route, name):
+            if (self._store.base_of(name) in self._embedding) != embedding:
+                raise wrong_kind(name, embedding=not embedding)
+        elif embedding and self._router.routes(name):
+            raise InvalidRequestError(
+                f"An embeddings request names its model: {name!r} routes text generation only.", param="model"
+            )
+        mine = msgspec.structs.asdict(access) if access is not None else {"key": ""}
+        kind = KindAccess(**mine, keys=access is not None, embedding=embedding, embedding_models=self._embedding)
+        return msgspec.structs.replace(route, access=kind)
+
+    async def embed(self, request: EmbeddingRequest, route: RouteRequest) -> Embedded:
+        """Vectors from the embedding model the request names. The rules of every request apply:
+        the key's models, and a cloud target's (allow_external_api, consent, the privacy filter:
+        its texts go scrubbed, so an e-mail address is embedded as its placeholder)."""
+        _, decision = await self._decide(route, NO_PROMPT, None, quiet=True)
+        if (refused := unservable(decision, None)) is not None:
+            raise refused
+        target, redacted = decision.target, NOTHING_REDACTED
+        assert target is not None, "unservable said why otherwise"
+        if self._router.is_cloud(target):
+            vault = self._scrubber.vault()
+            request = await asyncio.to_thread(scrub_embedding, vault, request)
+            redacted = vault.counts
+        return Embedded(target, await self._store.embed(target, request), redacted)
 
     async def facts(self, generation: GenerationRequest | None, prompt: Prompt | None = None) -> dict[str, TargetState]:
         """Each target as routing sees it (an adapter shares its base's queue and context). The
@@ -229,8 +295,8 @@ class Dispatcher:
             await events.aclose()
 
 
-def unservable(decision: RouteDecision, generation: GenerationRequest) -> GatewayError | None:
-    """Why no target can take this request (None: one can)."""
+def unservable(decision: RouteDecision, generation: GenerationRequest | None) -> GatewayError | None:
+    """Why no target can take this request (None: one can); `generation` None: an embedding."""
     if decision.target is not None:
         return None
     why = "; ".join(f"{s.target}: {s.why}" for s in decision.skipped)
@@ -242,7 +308,7 @@ def unservable(decision: RouteDecision, generation: GenerationRequest) -> Gatewa
     if decision.too_long:
         return ContextLengthExceededError(
             f"The prompt is too long for every model that could answer: {why}",
-            param="messages" if generation.kind == "chat" else "prompt",
+            param="input" if generation is None else "messages" if generation.kind == "chat" else "prompt",
         )
     return AllTargetsFailedError(f"no target can serve this request: {why}", retry_after=5)
 
@@ -256,8 +322,18 @@ def _target(name: str, view: ModelView, resident: bool) -> TargetState:
         context_length=view.context_length,
         queue_depth=view.queued + view.in_flight,
         busy=view.in_flight >= view.max_concurrency,
+        native_fim=view.fim == "native",
         load_ms=None if view.load_seconds is None else view.load_seconds * 1000,
     )
+
+
+def scrub_embedding(vault: Vault, request: EmbeddingRequest) -> EmbeddingRequest:
+    """Texts scrubbed as a prompt is; token ids cannot be read, so they cannot go to the cloud."""
+    if request.tokens:
+        raise InvalidRequestError(
+            "Token ids cannot pass the privacy filter on their way to a cloud model: send the texts.", param="input"
+        )
+    return msgspec.structs.replace(request, texts=tuple(vault.scrub(t) for t in request.texts))
 
 
 def with_defaults(generation: GenerationRequest, defaults: dict[str, float]) -> GenerationRequest:

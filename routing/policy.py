@@ -51,6 +51,7 @@ class TargetState(msgspec.Struct, frozen=True):
     load_ms: float | None = None  # the last measured load, else None
     prompt_tokens: int | None = None  # this prompt in the target's own tokens, where counted
     breaker_open: bool = False
+    native_fim: bool = False  # its vocabulary has fill-in-the-middle tokens
 
 
 class RouteInput(msgspec.Struct, frozen=True):
@@ -63,6 +64,7 @@ class RouteInput(msgspec.Struct, frozen=True):
     ab: bool = False
     tier: str | None = None
     short_answer: bool = False  # a yes/no or classification check
+    fill_in_middle: bool = False  # a `suffix` to fill up to: native FIM models first
     cloud_refused: str = CLOUD_OFF  # why cloud targets are skipped for this request; "" when they may answer
 
 
@@ -157,6 +159,10 @@ def _order(route: RouteInput, usable: Sequence[str], snapshot: Mapping[str, Targ
         ordered, moved = _front(ordered, lambda m: snapshot[m].tier == asked)
         if moved:
             return ordered, f"tier:{asked}"
+    if route.fill_in_middle and route.explicit_model is None:
+        ordered, moved = _front(ordered, lambda m: snapshot[m].native_fim)
+        if moved:
+            return ordered, "fim"
     if route.ab:
         ordered, moved = _front(ordered, lambda m: snapshot[m].tier == "secondary")
         if moved:

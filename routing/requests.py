@@ -53,6 +53,7 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True):
     estimated_tokens: int  # before any tokenizer (3 characters a token)
     max_tokens: int | None
     short_answer: bool  # a yes/no or classification check (micro-tier work)
+    fill_in_middle: bool = False  # a completion with a `suffix`: a model with FIM tokens first
 
 
 def prompt_of(generation: GenerationRequest) -> Prompt:
@@ -63,6 +64,7 @@ def prompt_of(generation: GenerationRequest) -> Prompt:
         estimated_tokens=estimated_tokens(generation),
         max_tokens=generation.max_tokens,
         short_answer=short_answer(generation),
+        fill_in_middle=generation.suffix is not None,
     )
 
 

@@ -163,6 +163,7 @@ class Router:
                 ab=route.ab,
                 tier=route.tier,
                 short_answer=prompt.short_answer,
+                fill_in_middle=prompt.fill_in_middle,
                 cloud_refused=self._cloud_refused(route),
             ),
             self.snapshot(facts),

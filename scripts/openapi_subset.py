@@ -1,7 +1,8 @@
 """Cut OpenAI's published OpenAPI description down to the schemas Konsilium's tests validate against.
 
 The full spec (github.com/openai/openai-openapi) is ~3 MB of YAML; the tests need
-only the chat/completions request and response bodies, the model listing and the error body. This
+only the chat/completions and embeddings request and response bodies, the model listing and the
+error body. This
 keeps the `components/schemas` entries reachable by `$ref` from those roots, unchanged, and writes
 them as compact JSON with a provenance block, so a fresh clone validates without the full spec.
 
@@ -27,6 +28,8 @@ ROOTS = (
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
     "CreateCompletionResponse",
+    "CreateEmbeddingRequest",
+    "CreateEmbeddingResponse",
     "ListModelsResponse",
     "Model",
     "ErrorResponse",

@@ -4,18 +4,20 @@ millisecond tests of the store's lifecycle, the fallback loop, breakers, queuein
 framing into minutes; the real processes are exercised by the `test_e2e_*` files.
 
 Each request takes the next reply from the script: a list of steps, each an event to yield, a
-`GatewayError` to raise, or an `asyncio.Event` to wait for (a gate the test opens).
+`GatewayError` to raise, or an `asyncio.Event` to wait for (a gate the test opens). An
+embeddings request gets `vector` for every input (or waits at `embed_gate` first).
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from konsilium.errors import GatewayError
 from model_store.backend import Health, ModelInfo, State
-from model_store.types import Event, Finish, GenerationRequest, TextDelta, Usage
+from model_store.types import EmbeddingRequest, Embeddings, Event, Finish, GenerationRequest, TextDelta, Usage
 
 Step = Event | GatewayError | asyncio.Event
 
@@ -36,6 +38,9 @@ class ScriptedBackend:
     unloads: int = 0
     in_flight: int = 0
     requests: list[GenerationRequest] = field(default_factory=list)
+    vector: tuple[float, ...] = (0.6, 0.8)
+    embed_gate: asyncio.Event | None = None
+    embedded: list[EmbeddingRequest] = field(default_factory=list)
 
     @property
     def info(self) -> ModelInfo:
@@ -66,6 +71,17 @@ class ScriptedBackend:
                     yield step
         finally:
             self.in_flight -= 1
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        self.embedded.append(request)
+        self.in_flight += 1
+        try:
+            if self.embed_gate is not None:
+                await self.embed_gate.wait()
+        finally:
+            self.in_flight -= 1
+        packed = struct.pack(f"<{len(self.vector)}f", *self.vector)
+        return Embeddings(vectors=(packed,) * request.count, prompt_tokens=2 * request.count)
 
     def health(self) -> Health:
         return Health(state=self.state, ready=self.state == "ready", in_flight=self.in_flight)

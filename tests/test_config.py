@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from konsilium.config import (
+    DEFAULT_EMBEDDING_MODEL_ID,
     DEFAULT_MODEL_ID,
     config_json_schema,
     default_config,
@@ -35,10 +36,15 @@ def problems(path: Path) -> list[str]:
 def test_default_config_serves_the_packaged_smollm2() -> None:
     config = default_config()
     assert (config.host, config.port) == ("127.0.0.1", 8400)
-    [model] = config.models
+    model, embedder = config.models
     assert (model.id, model.backend_name, model.load, model.role) == (DEFAULT_MODEL_ID, "llama_cpp", "eager", "primary")
     assert model.path is not None
     assert Path(model.path) == SMOLLM2
+    # the same file as an embedding model, loaded by the first embeddings request only
+    assert (embedder.id, embedder.path, embedder.embedding, embedder.load) == (
+        DEFAULT_EMBEDDING_MODEL_ID, model.path, True, "on_demand"
+    )  # fmt: skip
+    assert (model.embedding, embedder.matryoshka, embedder.pooling) == (False, False, None)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -220,3 +226,24 @@ routing:
     assert adapter is not None
     assert adapter.path == str(tmp_path / "adapters" / "qa")
     assert [t.target for t in config.routing.roles["qa"].targets] == ["lora-qa", "base"]
+
+
+def test_embedding_manifest_rules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+models:
+  - {{id: chat, path: {SMOLLM2}, matryoshka: true, pooling: cls}}
+  - {{id: relayed, format: remote, url: "http://127.0.0.1:9/v1", embedding: true, pooling: mean}}
+  - {{id: vectors, path: {SMOLLM2}, embedding: true, matryoshka: true, pooling: last}}
+routing:
+  roles:
+    dev: {{targets: [{{model: chat}}, {{model: vectors}}]}}
+""",
+    )
+    assert sorted(problems(path)) == [
+        f"{path}: models[0]: matryoshka: only for an embedding model (embedding: true)",
+        f"{path}: models[0]: pooling: only for an embedding model (embedding: true)",
+        f"{path}: models[1]: pooling: only for a llama_cpp model (a server pools its own vectors)",
+        f"{path}: routing.roles.dev.targets[1].model: 'vectors' is an embedding model (it answers /v1/embeddings)",
+    ]

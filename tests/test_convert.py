@@ -82,6 +82,7 @@ def test_unknown_fields_are_dropped_and_known_ones_kept() -> None:
         temperature=0.0,
         stop=("END",),
         seed=3,
+        parallel_tool_calls=False,
     )
 
 

@@ -179,11 +179,8 @@ WEATHER_TOOL = {
 WEATHER_ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-def test_forced_tool_call(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(
-        model=MODEL_ID, messages=WEATHER_ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=60,  # type: ignore[list-item]
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
-    )  # fmt: skip
+def only_tool_call(raw: Any) -> Any:
+    """The one tool call of a raw chat answer, which must be valid, and nothing but that call."""
     assert_valid("CreateChatCompletionResponse", json.loads(raw.content))
     choice = raw.parse().choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -191,6 +188,15 @@ def test_forced_tool_call(client: openai.OpenAI) -> None:
     [call] = choice.message.tool_calls or []
     assert call.type == "function"
     assert call.id.startswith("call_")
+    return call
+
+
+def test_forced_tool_call(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL_ID, messages=WEATHER_ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=60,  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )  # fmt: skip
+    call = only_tool_call(raw)
     assert call.function.name == "get_weather"
     assert set(json.loads(call.function.arguments)) == {"city"}
 
@@ -256,14 +262,6 @@ def test_text_completion_stream(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None
     assert chunks[-1].choices == []
     assert chunks[-2].choices[0].finish_reason in ("stop", "length")
-
-
-def test_fill_in_the_middle_is_refused_for_a_model_without_fim_tokens(client: openai.OpenAI) -> None:
-    """SmolLM2-Instruct's vocabulary has no <fim_*> tokens: a clear 400 naming `suffix`, not garbage."""
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=MODEL_ID, prompt="def add(a, b):\n    return ", suffix="\n", max_tokens=8)
-    assert (caught.value.code, caught.value.param) == ("unsupported_parameter", "suffix")
-    assert "fill-in-the-middle" in caught.value.message
 
 
 def test_models_list_and_retrieve(client: openai.OpenAI, server: Server) -> None:

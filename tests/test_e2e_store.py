@@ -232,8 +232,9 @@ def test_models_list_command_shows_the_estimates() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert result.stdout.splitlines() == [
-        "MODEL                  ROLE     BACKEND    FORMAT  QUANT  CONTEXT  LOAD   EST MB",
-        "smollm2-135m-instruct  primary  llama_cpp  gguf    Q4_1   4096     eager  517",
+        "MODEL                  ROLE       BACKEND    FORMAT  QUANT  CONTEXT  LOAD       EST MB",
+        "smollm2-135m-instruct  primary    llama_cpp  gguf    Q4_1   4096     eager      517",
+        "smollm2-135m-embed     secondary  llama_cpp  gguf    Q4_1   2048     on_demand  337",
     ]
 
 

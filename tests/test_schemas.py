@@ -96,7 +96,7 @@ def vocab() -> Iterator[object]:
 
 
 def grammar_text(schema: dict[str, object], vocab: object) -> str:
-    text: str = json_grammar(schema, "p", vocab)._grammar
+    text: str = json_grammar(schema, "p", vocab).text
     return text
 
 

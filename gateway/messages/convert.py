@@ -41,6 +41,7 @@ def generation(body: a.CreateMessage) -> GenerationRequest:
         stop=tuple(body.stop_sequences or ()),
         tools=tools,
         tool_choice=tool_choice(body.tool_choice, tools),
+        parallel_tool_calls=not (body.tool_choice and body.tool_choice.disable_parallel_tool_use),
     )
 
 

@@ -54,6 +54,7 @@ def generation(body: r.CreateResponse, history: Sequence[Message]) -> Generation
         json_output=_json_output(body.text),
         tools=tools,
         tool_choice=tool_choice(body.tool_choice, tools),
+        parallel_tool_calls=body.parallel_tool_calls,
     )
 
 

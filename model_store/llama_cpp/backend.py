@@ -13,13 +13,13 @@ import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from konsilium.errors import BackendUnavailableError, GatewayError
+from konsilium.errors import BackendError, BackendUnavailableError, GatewayError
 from konsilium.manifest import Manifest
-from model_store.backend import Health, ModelInfo, State
+from model_store.backend import Health, ModelInfo, State, wrong_kind
 from model_store.estimate import llama_cpp_need_mb
-from model_store.llama_cpp.process import WorkerProcess
+from model_store.llama_cpp.process import Item, WorkerProcess
 from model_store.llama_cpp.tokenizer import PromptCounter, open_counter
-from model_store.types import Event, GenerationRequest
+from model_store.types import EmbeddingRequest, Embeddings, Event, GenerationRequest
 
 
 class LlamaCppBackend:
@@ -63,7 +63,7 @@ class LlamaCppBackend:
             self._state = "loading"
             # the prompt counter reads the vocabulary here while the worker loads the model there
             counting = None if self._counter is not None else asyncio.ensure_future(
-                asyncio.to_thread(open_counter, self._path)
+                asyncio.to_thread(open_counter, self._path, self._config.family, self._config.fim == "emulate")
             )  # fmt: skip
             try:
                 self._worker = await WorkerProcess.spawn(
@@ -86,6 +86,44 @@ class LlamaCppBackend:
 
     async def stream(self, request: GenerationRequest, adapter: str | None = None) -> AsyncGenerator[Event, None]:
         assert adapter is None, "llama.cpp models declare no adapters"
+        worker, request_id, inbox = await self._submit(request)
+        finished = False
+        try:
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, GatewayError):
+                    finished = True
+                    raise item
+                assert not isinstance(item, Embeddings), "a generation's worker sends events"
+                yield item
+            finished = True
+        finally:
+            if finished:
+                self._release()
+            else:
+                worker.abandon(request_id, self._release)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """The worker batches the inputs (and other requests' inputs) into its slots' sequences."""
+        if not self._config.embedding:
+            raise wrong_kind(self._config.id, embedding=False)
+        worker, request_id, inbox = await self._submit(request)
+        try:
+            item = await inbox.get()
+        except BaseException:  # the caller left: the turn goes once the worker lets go of it
+            worker.abandon(request_id, self._release)
+            raise
+        self._release()
+        if isinstance(item, GatewayError):
+            raise item
+        if not isinstance(item, Embeddings):
+            raise BackendError(f"model {self._config.id!r}: the worker ended an embedding without vectors")
+        return item
+
+    async def _submit(
+        self, request: GenerationRequest | EmbeddingRequest
+    ) -> tuple[WorkerProcess, int, asyncio.Queue[Item]]:
+        """Wait for a turn (FIFO) and hand the request to the worker; the turn is the caller's
+        to give back (`_release`, or through `abandon` once the worker lets go)."""
         self._queued += 1
         try:
             await self._turns.acquire()
@@ -100,19 +138,7 @@ class LlamaCppBackend:
         except BaseException:
             self._release()
             raise
-        finished = False
-        try:
-            while (item := await inbox.get()) is not None:
-                if isinstance(item, GatewayError):
-                    finished = True
-                    raise item
-                yield item
-            finished = True
-        finally:
-            if finished:
-                self._release()
-            else:
-                worker.abandon(request_id, self._release)
+        return worker, request_id, inbox
 
     def _release(self) -> None:
         self._in_flight -= 1
@@ -141,5 +167,8 @@ class LlamaCppBackend:
         argv = [
             "--path", self._path, "--n-ctx", str(c.context_window), "--slots", str(self._slots),
             "--n-threads", str(c.n_threads), "--n-batch", str(c.n_batch), "--n-gpu-layers", str(c.n_gpu_layers),
+            "--family", c.family, "--fim", c.fim,
         ]  # fmt: skip
+        if c.embedding:
+            argv += ["--embedding", "--pooling", c.pooling or "gguf"]
         return argv if c.adaptive_threads else [*argv, "--fixed-threads"]

@@ -134,6 +134,12 @@ class Scheduler:
     def idle(self) -> bool:
         return not self._waiting and all(s.job is None for s in self.slots)
 
+    def take(self, message: ipc.Generate | ipc.Embed) -> None:
+        if isinstance(message, ipc.Embed):  # the store asks a generative model for text only
+            self._send(ipc.Failed(id=message.id, kind="unsupported", message="not an embedding model", param="model"))
+        else:
+            self.submit(message.id, message.request)
+
     def submit(self, job_id: int, request: GenerationRequest) -> None:
         """Refusals (context length, bad grammar, unknown tool) answer at once, taking no slot."""
         try:

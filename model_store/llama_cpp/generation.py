@@ -10,20 +10,19 @@ module runs only in the worker process.
 from __future__ import annotations
 
 import codecs
-import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import llama_cpp
 import numpy
-from llama_cpp._internals import LlamaModel, LlamaSampler
-from llama_cpp.llama_grammar import LlamaGrammar
+from llama_cpp._internals import LlamaSampler
 
 from model_store.llama_cpp.failure import GenerationFailure
-from model_store.llama_cpp.grammar import json_grammar, tool_call_grammar
+from model_store.llama_cpp.grammar import Grammar, json_grammar, tool_calls_grammar
 from model_store.llama_cpp.prompts import PromptBuilder
 from model_store.llama_cpp.stops import StopMatcher
+from model_store.llama_cpp.tool_calls import ToolCallReader
 from model_store.types import (
     Event,
     Finish,
@@ -39,15 +38,17 @@ from model_store.types import (
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 TOP_K, MIN_P, PENALTY_LAST_N = 40, 0.05, 64
+JSON_PARAM = "response_format.json_schema.schema"
 
 Logits = Callable[[], "numpy.ndarray[tuple[int], numpy.dtype[numpy.float32]]"]
 
 
 @dataclass(frozen=True)
-class ToolMode:
-    """How the output is shaped into a tool call; `name` None means the model picks (buffered)."""
+class NamedCall:
+    """The one tool the answer must call (`tool_choice` names it, or `required` with one tool):
+    the grammar is its parameters', and every token is its arguments."""
 
-    name: str | None
+    name: str
     call_id: str
 
 
@@ -69,13 +70,16 @@ class Job:
         # Clients (Continue: 4096 by default) ask for more than is left; like llama.cpp we clamp
         # to the room left instead of refusing every long conversation.
         self._max_tokens = min(request.max_tokens or room, room)
-        self._tool = _tool_mode(request)
-        self.sampler = _sampler_chain(request, _grammar(request, self._tool, builder.vocab), builder.model)
+        self._named = _named_call(request)
+        calling = request.tools and request.tool_choice != "none" and self._named is None
+        required = request.tool_choice == "required"
+        self._reader = ToolCallReader(builder.tool_syntax, _call_ids(), required=required) if calling else None
+        self.sampler = _sampler_chain(request, self._grammar(builder), builder)
         self._builder = builder
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = StopMatcher(request.stop)
+        # a JSON answer ends where its grammar says: a stop string must not cut it broken
+        self._stops = StopMatcher(() if request.json_output else request.stop)
         self._produced = 0
-        self._pieces: list[str] = []
         self.finished = False
         self.cached = 0  # prompt tokens the slot's KV cache already held (set when it is placed)
 
@@ -83,10 +87,8 @@ class Job:
         self.sampler.close()
 
     def opening(self) -> list[Event]:
-        tool = self._tool
-        if tool is not None and tool.name is not None:
-            return [ToolCallDelta(index=0, id=tool.call_id, name=tool.name, arguments="")]
-        return []
+        named = self._named
+        return [ToolCallDelta(index=0, id=named.call_id, name=named.name, arguments="")] if named else []
 
     def feed(self, token: int, logits: Logits) -> list[Event]:
         """The events of one sampled token; the last list ends with `Finish`. `logits` reads the
@@ -94,32 +96,81 @@ class Job:
         if llama_cpp.llama_vocab_is_eog(self._builder.vocab, token):
             return self._finish("stop")
         self._produced += 1
-        text, hit = self._stops.feed(self._decoder.decode(self._builder.piece(token)))
-        events = self._text_events(text, self._logprobs(token, logits)) if text else []
+        events, hit = self._answer(self._decoder.decode(self._token_bytes(token)), token, logits)
         if hit:
             return events + self._finish("stop")
         if self._produced >= self._max_tokens:
             return events + self._finish("length")
         return events
 
+    def _token_bytes(self, token: int) -> bytes:
+        """The token's text; a tool-call marker that is a special token (Mistral's
+        `[TOOL_CALLS]`) is read as its text, where other special tokens write nothing."""
+        piece = self._builder.piece(token)
+        if piece or self._reader is None:
+            return piece
+        special = self._builder.special_text(token)
+        syntax = self._reader.syntax
+        return special.encode() if special in (syntax.trigger, syntax.close) else b""
+
+    def _answer(self, text: str, token: int | None, logits: Logits | None) -> tuple[list[Event], bool]:
+        """Text to events: a named call's arguments, or content (through the stop strings) and
+        the calls the reader found."""
+        if self._named is not None:
+            return ([ToolCallDelta(index=0, arguments=text)] if text else []), False
+        calls: list[ToolCallDelta] = []
+        if self._reader is not None:
+            text, calls = self._reader.feed(text)
+            if self._reader.calling:  # what the stop strings held back is content before the calls
+                text = self._stops.flush(text)
+        content, hit = self._content(text, token, logits)
+        return [*content, *calls], hit
+
+    def _content(self, text: str, token: int | None, logits: Logits | None) -> tuple[list[Event], bool]:
+        if not text or self._stops.hit:
+            return [], False
+        text, hit = self._stops.feed(text)
+        if not text:
+            return [], hit
+        logprobs = self._logprobs(token, logits) if token is not None and logits is not None else ()
+        return [TextDelta(text=text, logprobs=logprobs)], hit
+
     def _finish(self, reason: FinishReason) -> list[Event]:
         self.finished = True
-        tail = "" if self._stops.hit else self._stops.flush(self._decoder.decode(b"", final=True))
-        events = self._text_events(tail, ()) if tail else []
-        if self._tool is not None:
-            events.extend(_finish_tool_call(self._tool, "".join(self._pieces)))
+        events, _ = self._answer(self._decoder.decode(b"", final=True), None, None)
+        if self._reader is not None:
+            tail, calls = self._reader.flush()
+            events += self._content(tail, None, None)[0] + list(calls)
+        if not self._stops.hit and (tail := self._stops.flush("")):
+            events.append(TextDelta(text=tail))
+        called = self._named is not None or (self._reader is not None and self._reader.calls > 0)
+        if called and reason == "stop":
             reason = "tool_calls"
         usage = Usage(prompt_tokens=len(self.prompt), completion_tokens=self._produced, cached_tokens=self.cached)
         return [*events, Finish(reason=reason, usage=usage)]
 
-    def _text_events(self, text: str, logprobs: tuple[TokenLogprob, ...]) -> list[Event]:
-        self._pieces.append(text)
-        if self._tool is None:
-            return [TextDelta(text=text, logprobs=logprobs)]
-        return [ToolCallDelta(index=0, arguments=text)] if self._tool.name is not None else []
+    def _grammar(self, builder: PromptBuilder) -> Grammar | None:
+        request = self.request
+        if self._named is not None:
+            index = next(i for i, t in enumerate(request.tools) if t.name == self._named.name)
+            parameters = request.tools[index].parameters
+            param = f"tools[{index}].function.parameters"
+            return json_grammar(parameters, param, builder.vocab) if parameters is not None else None
+        if self._reader is not None:
+            syntax = self._reader.syntax
+            return tool_calls_grammar(
+                syntax,
+                request.tools,
+                parallel=request.parallel_tool_calls,
+                lazy=request.tool_choice == "auto",  # else "required": calls from the first token
+                trigger_token=builder.single_token(syntax.trigger),
+                vocab=builder.vocab,
+            )
+        json_output = request.json_output
+        return json_grammar(json_output.schema, JSON_PARAM, builder.vocab) if json_output else None
 
     def _logprobs(self, token: int, logits: Logits) -> tuple[TokenLogprob, ...]:
-        if self.request.top_logprobs is None or self._tool is not None:  # tool calls carry none
+        if self.request.top_logprobs is None:
             return ()
         row = logits().astype(numpy.float64)
         shifted = row - row.max()
@@ -140,9 +191,10 @@ class Job:
         return self._builder.piece(token).decode("utf-8", errors="replace")
 
 
-def _sampler_chain(request: GenerationRequest, grammar: LlamaGrammar | None, model: LlamaModel) -> LlamaSampler:
+def _sampler_chain(request: GenerationRequest, grammar: Grammar | None, builder: PromptBuilder) -> LlamaSampler:
     """The chain `Llama.generate` builds, per request: penalties, grammar, then greedy at
     temperature 0, else top-k, typical, top-p, min-p, temperature and the seeded draw."""
+    model = builder.model
     temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
     seed = request.seed if request.seed is not None else random.getrandbits(32)
     chain = LlamaSampler()
@@ -154,7 +206,7 @@ def _sampler_chain(request: GenerationRequest, grammar: LlamaGrammar | None, mod
         penalty_present=request.presence_penalty or 0.0,
     )
     if grammar is not None:
-        chain.add_grammar(model, grammar)
+        grammar.add_to(chain, builder.vocab, JSON_PARAM)
     if temperature == 0.0:
         chain.add_greedy()
         return chain
@@ -167,41 +219,18 @@ def _sampler_chain(request: GenerationRequest, grammar: LlamaGrammar | None, mod
     return chain
 
 
-def _tool_mode(request: GenerationRequest) -> ToolMode | None:
+def _named_call(request: GenerationRequest) -> NamedCall | None:
     if not request.tools or request.tool_choice in ("none", "auto"):
         return None
-    call_id = f"call_{random.getrandbits(64):016x}"
     if request.tool_choice == "required":
-        only = request.tools[0].name if len(request.tools) == 1 else None
-        return ToolMode(name=only, call_id=call_id)
+        return NamedCall(request.tools[0].name, next(_call_ids())) if len(request.tools) == 1 else None
     if not any(t.name == request.tool_choice for t in request.tools):
         raise GenerationFailure(
             "invalid", f"tool_choice names {request.tool_choice!r}, which is not in tools", "tool_choice"
         )
-    return ToolMode(name=request.tool_choice, call_id=call_id)
+    return NamedCall(request.tool_choice, next(_call_ids()))
 
 
-def _grammar(request: GenerationRequest, tool: ToolMode | None, vocab: object) -> LlamaGrammar | None:
-    if tool is None:
-        json_output = request.json_output
-        param = "response_format.json_schema.schema"
-        return json_grammar(json_output.schema, param, vocab) if json_output else None
-    if tool.name is None:
-        return tool_call_grammar(request.tools, vocab)
-    index = next(i for i, t in enumerate(request.tools) if t.name == tool.name)
-    parameters = request.tools[index].parameters
-    param = f"tools[{index}].function.parameters"
-    return json_grammar(parameters, param, vocab) if parameters is not None else None
-
-
-def _finish_tool_call(tool: ToolMode, text: str) -> Iterator[Event]:
-    """Named calls streamed their arguments already; a model-picked call is parsed at the end."""
-    if tool.name is not None:
-        return
-    try:
-        call = json.loads(text)
-        name, arguments = str(call["name"]), call["arguments"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise GenerationFailure("internal", f"model produced no valid tool call: {exc}") from exc
-    encoded = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-    yield ToolCallDelta(index=0, id=tool.call_id, name=name, arguments=encoded)
+def _call_ids() -> Iterator[str]:
+    while True:
+        yield f"call_{random.getrandbits(64):016x}"

@@ -8,59 +8,157 @@ a lower bound or a `pattern` repetition over `MAX_UNROLL` is refused with a 400 
 A `pattern` with an escape (`\\d`) or without `^…$` anchors is not enforced (the converter cannot
 translate it; JSON Schema patterns are unanchored), and every grammar is parsed before use.
 The gateway has already checked the schema itself (valid JSON Schema, refs inside, size).
+
+Whitespace is bounded everywhere: one optional space between tokens (the converter's rule, and
+`JSON_OBJECT` for `json_object`), so a small model cannot spend its `max_tokens` on newlines and
+indentation. Tool calls in auto mode take a lazy grammar (`tool_calls_grammar`): free text until
+the model writes its family's trigger, then only well-formed calls of the given tools.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
+from dataclasses import dataclass
+from typing import Any, cast
 
 import llama_cpp
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+from llama_cpp._internals import LlamaSampler
+from llama_cpp.llama_cpp import llama_sampler_p_ctypes, llama_token, llama_vocab_p_ctypes
+from llama_cpp.llama_grammar import SchemaConverter
 
 from model_store.llama_cpp.failure import GenerationFailure
+from model_store.llama_cpp.tool_calls import ToolSyntax
 from model_store.types import ToolSpec
 
 Vocab = object  # llama.cpp's `llama_vocab *` (a ctypes pointer)
 MAX_UNROLL = 256
 BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
 QUANTIFIER = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+JSON_OBJECT: dict[str, object] = {"type": "object"}  # json_object: any object, spaced as schemas are
 
 
-def json_grammar(schema: dict[str, object] | None, param: str, vocab: Vocab) -> LlamaGrammar:
-    if schema is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    bounded = _bounded(schema, param)
+@dataclass(frozen=True)
+class Grammar:
+    """A GBNF grammar for one request's sampler chain; `lazy`: it applies from the first match
+    of a trigger pattern (fed the text from the pattern's first group) or trigger token on."""
+
+    text: str
+    lazy_patterns: tuple[str, ...] = ()
+    lazy_tokens: tuple[int, ...] = ()
+
+    def add_to(self, chain: LlamaSampler, vocab: Vocab, param: str) -> None:
+        llama_cpp.llama_sampler_chain_add(chain.sampler, self._sampler(vocab, param))  # the chain owns it
+
+    def check(self, vocab: Vocab, param: str) -> Grammar:
+        """llama.cpp answers a grammar it cannot parse with a null sampler, and a null sampler in
+        a chain is a segfault. The converter writes such grammars for an empty `enum`, or a `"`
+        inside an `enum`, a `const` or a property name. So each is parsed once before use."""
+        llama_cpp.llama_sampler_free(self._sampler(vocab, param))
+        return self
+
+    def _sampler(self, vocab: Vocab, param: str) -> Any:
+        """A new sampler: llama.cpp's pointer, never null (a grammar that does not parse is a 400)."""
+        text, root = self.text.encode(), b"root"
+        if not self.lazy_patterns and not self.lazy_tokens:
+            sampler = llama_cpp.llama_sampler_init_grammar(vocab, text, root)
+        else:
+            patterns = (ctypes.c_char_p * len(self.lazy_patterns))(*(p.encode() for p in self.lazy_patterns))
+            tokens = (llama_token * len(self.lazy_tokens))(*self.lazy_tokens)
+            sampler = _init_grammar_lazy_patterns(vocab, text, root, patterns, len(patterns), tokens, len(tokens))
+        if not sampler:
+            raise GenerationFailure(
+                "invalid", "this JSON schema cannot be compiled into a grammar for this model", param
+            )
+        return sampler
+
+
+# llama.cpp's lazy grammar, which llama-cpp-python 0.3's `LlamaSampler` calls but does not bind
+_init_grammar_lazy_patterns = llama_cpp.llama_cpp._lib.llama_sampler_init_grammar_lazy_patterns
+_init_grammar_lazy_patterns.argtypes = [
+    llama_vocab_p_ctypes,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.POINTER(ctypes.c_char_p),
+    ctypes.c_size_t,
+    ctypes.POINTER(llama_token),
+    ctypes.c_size_t,
+]
+_init_grammar_lazy_patterns.restype = llama_sampler_p_ctypes
+
+
+def json_grammar(schema: dict[str, object] | None, param: str, vocab: Vocab) -> Grammar:
+    converter = _converter()
+    _visit(converter, schema if schema is not None else JSON_OBJECT, "", param)
+    return Grammar(converter.format_grammar()).check(vocab, param)
+
+
+def tool_calls_grammar(
+    syntax: ToolSyntax,
+    tools: tuple[ToolSpec, ...],
+    *,
+    parallel: bool,
+    lazy: bool,
+    trigger_token: int | None,
+    vocab: Vocab,
+) -> Grammar:
+    """The calls of `syntax` for `tools`: the trigger, then one call (or several, when `parallel`
+    and the syntax can carry them), then nothing but the end of the answer. Each call is
+    `{"name": "<a tool>", "<arguments key>": <that tool's parameters>}`, name first, so the
+    reader can announce the call before its arguments. `lazy`: free text may come first."""
+    converter = _converter()
+    calls = []
+    for index, tool in enumerate(tools):
+        param = f"tools[{index}].function.parameters"
+        schema: dict[str, object] = tool.parameters if tool.parameters is not None else {"type": "string"}
+        arguments = _visit(converter, schema, f"tool-{index}-arguments", param)
+        name = _literal(json.dumps(tool.name))
+        key = _literal(json.dumps(syntax.arguments_key))
+        calls.append(
+            converter._add_rule(
+                f"tool-{index}-call",
+                f'"{{" space {_literal(json.dumps("name"))} space ":" space {name} space "," space '
+                f'{key} space ":" space {arguments} space "}}"',
+            )
+        )
+    converter._add_rule("call", " | ".join(calls))
+    many = parallel and syntax.parallel
+    trigger, close, nl = _literal(syntax.trigger), _literal(syntax.close) if syntax.close else "", '"\\n"?'
+    if syntax.listed:
+        rest = '("," space call)*' if many else ""
+        root = f'{trigger} space "[" space call {rest} space "]" {nl} {close}'
+    elif syntax.at_start:
+        root = "call"  # the trigger is the call's own opening
+    else:
+        one = f"{trigger} {nl} space call {nl} {close}"
+        root = f"{one} ({nl} {one})*" if many else one
+    converter._add_rule("root", root)
+    text = converter.format_grammar()
+    if not lazy:
+        return Grammar(text).check(vocab, "tools")
+    escaped = re.escape(syntax.trigger)
+    pattern = rf"\s*({escaped})[\s\S]*" if syntax.at_start else rf"[\s\S]*?({escaped})[\s\S]*"
+    tokens = (trigger_token,) if trigger_token is not None else ()
+    return Grammar(text, lazy_patterns=(pattern,), lazy_tokens=tokens).check(vocab, "tools")
+
+
+def _converter() -> SchemaConverter:
+    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def _visit(converter: SchemaConverter, schema: dict[str, object], name: str, param: str) -> str:
+    """The rule `name` for `schema` (bounded first); what the converter cannot take is a 400."""
+    bounded = cast(dict[str, object], _bounded(schema, param))
     try:
-        grammar = LlamaGrammar.from_json_schema(json.dumps(bounded), verbose=False)
-    except Exception as exc:  # llama.cpp raises bare exceptions for schemas it cannot compile
+        return str(converter.visit(converter.resolve_refs(bounded, "request"), name))
+    except Exception as exc:  # llama.cpp's converter raises bare exceptions for what it cannot compile
         raise GenerationFailure("invalid", f"unsupported JSON schema: {exc}", param) from exc
-    return _parsed(grammar, vocab, param)
 
 
-def tool_call_grammar(tools: tuple[ToolSpec, ...], vocab: Vocab) -> LlamaGrammar:
-    """The model picks one of the tools: `{"name": ..., "arguments": {...}}`."""
-    return json_grammar({"oneOf": [_call_schema(t) for t in tools]}, "tools", vocab)
-
-
-def _parsed(grammar: LlamaGrammar, vocab: Vocab, param: str) -> LlamaGrammar:
-    """llama.cpp answers a grammar it cannot parse with a null sampler, and llama-cpp-python adds
-    that to its sampler chain unchecked: a segfault. The converter writes such grammars for an
-    empty `enum`, or a `"` inside an `enum`, a `const` or a property name. So parse it here first."""
-    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode(), grammar._root.encode())
-    if not sampler:
-        raise GenerationFailure("invalid", "this JSON schema cannot be compiled into a grammar for this model", param)
-    llama_cpp.llama_sampler_free(sampler)
-    return grammar
-
-
-def _call_schema(tool: ToolSpec) -> dict[str, object]:
-    arguments = tool.parameters if tool.parameters is not None else {"type": "string"}
-    return {
-        "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": arguments},
-        "required": ["name", "arguments"],
-    }
+def _literal(text: str) -> str:
+    """`text` as a GBNF string literal (JSON's escapes are GBNF's)."""
+    return json.dumps(text)
 
 
 def _bounded(node: object, param: str) -> object:

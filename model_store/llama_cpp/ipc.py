@@ -1,7 +1,8 @@
 """Frames between the gateway and a llama.cpp worker: 4-byte big-endian length + msgpack.
 
 The worker reads `ToWorker` frames on stdin and writes `FromWorker` frames on stdout. Every
-`Generate` ends with exactly one `Done` or `Failed` for its id, even when it was cancelled.
+`Generate` ends with exactly one `Done` or `Failed` for its id, even when it was cancelled; every
+`Embed` (an embedding model's worker) with one `Embedded`, `Failed`, or `Done` when cancelled.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from model_store.types import Event, GenerationRequest
+from model_store.types import EmbeddingRequest, Embeddings, Event, GenerationRequest
 
 MAX_FRAME = 64 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
@@ -22,6 +23,11 @@ FailureKind = Literal["context_length", "unsupported", "invalid", "internal"]
 class Generate(msgspec.Struct, tag=True):
     id: int
     request: GenerationRequest
+
+
+class Embed(msgspec.Struct, tag=True):
+    id: int
+    request: EmbeddingRequest
 
 
 class Cancel(msgspec.Struct, tag=True):
@@ -39,6 +45,11 @@ class Emit(msgspec.Struct, tag=True):
     event: Event
 
 
+class Embedded(msgspec.Struct, tag=True):
+    id: int
+    result: Embeddings
+
+
 class Done(msgspec.Struct, tag=True):
     id: int
 
@@ -50,8 +61,8 @@ class Failed(msgspec.Struct, tag=True):
     param: str | None = None
 
 
-ToWorker = Generate | Cancel
-FromWorker = Ready | Emit | Done | Failed
+ToWorker = Generate | Embed | Cancel
+FromWorker = Ready | Emit | Embedded | Done | Failed
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

@@ -26,11 +26,11 @@ from konsilium.errors import (
     UnsupportedParameterError,
 )
 from model_store.llama_cpp import ipc
-from model_store.types import Event, GenerationRequest
+from model_store.types import EmbeddingRequest, Embeddings, Event, GenerationRequest
 
 log = logging.getLogger(__name__)
 
-Item = Event | GatewayError | None  # None: the request is done
+Item = Event | Embeddings | GatewayError | None  # None: the request is done
 
 _FAILURES: dict[str, type[GatewayError]] = {
     "context_length": ContextLengthExceededError,
@@ -81,11 +81,14 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self._proc.returncode is None and not self._reader.done()
 
-    def submit(self, request: GenerationRequest) -> tuple[int, asyncio.Queue[Item]]:
+    def submit(self, request: GenerationRequest | EmbeddingRequest) -> tuple[int, asyncio.Queue[Item]]:
         request_id = next(self._ids)
         inbox: asyncio.Queue[Item] = asyncio.Queue()
         self._inboxes[request_id] = inbox
-        self._write(ipc.Generate(id=request_id, request=request))
+        if isinstance(request, EmbeddingRequest):
+            self._write(ipc.Embed(id=request_id, request=request))
+        else:
+            self._write(ipc.Generate(id=request_id, request=request))
         return request_id, inbox
 
     def abandon(self, request_id: int, on_done: Callable[[], None]) -> None:
@@ -113,6 +116,8 @@ class WorkerProcess:
                 frame = await _read_frame(self._proc)
                 if isinstance(frame, ipc.Emit):
                     self._deliver(frame.id, frame.event)
+                elif isinstance(frame, ipc.Embedded):  # the whole answer: the request is done
+                    self._finish(frame.id, frame.result)
                 elif isinstance(frame, (ipc.Done, ipc.Failed)):
                     self._finish(frame.id, None if isinstance(frame, ipc.Done) else translate_failure(frame))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, msgspec.DecodeError):

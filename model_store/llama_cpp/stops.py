@@ -19,7 +19,7 @@ class StopMatcher:
         if cut >= 0:
             out, self._pending, self.hit = self._pending[:cut], "", True
             return out, True
-        keep = max((_overlap(self._pending, s) for s in self._stops), default=0)
+        keep = max((overlap(self._pending, s) for s in self._stops), default=0)
         out = self._pending[: len(self._pending) - keep]
         self._pending = self._pending[len(out) :]
         return out, False
@@ -30,7 +30,7 @@ class StopMatcher:
         return out + rest
 
 
-def _overlap(text: str, stop: str) -> int:
+def overlap(text: str, stop: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
     for size in range(min(len(text), len(stop) - 1), 0, -1):
         if text.endswith(stop[:size]):

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class PromptCounter:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, family: str = "", emulate_fim: bool = True) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaModel
 
@@ -26,7 +26,7 @@ class PromptCounter:
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True
         model = LlamaModel(path_model=path, params=params, verbose=False)
-        self._builder = PromptBuilder(model)
+        self._builder = PromptBuilder(model, family=family, emulate_fim=emulate_fim)
         # A text of n bytes is at least n / longest tokens. A token's stored text (byte-level
         # BPE's "Ġ", SentencePiece's "▁", "<0x0A>") is never shorter than the bytes it stands for.
         texts = (llama_cpp.llama_vocab_get_text(model.vocab, t) for t in range(model.n_vocab()))
@@ -50,10 +50,10 @@ class PromptCounter:
                 return None
 
 
-def open_counter(path: str) -> PromptCounter | None:
+def open_counter(path: str, family: str = "", emulate_fim: bool = True) -> PromptCounter | None:
     """Blocking (run it in a thread). A model whose vocabulary cannot be read counts by estimate."""
     try:
-        return PromptCounter(path)
+        return PromptCounter(path, family, emulate_fim)
     except Exception as exc:  # llama.cpp raises ValueError, OSError, RuntimeError variously
         log.warning("no tokenizer for %s, prompts are estimated: %s", path, exc)
         return None

@@ -14,7 +14,7 @@ import os
 import queue
 import sys
 import threading
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import msgspec
 
@@ -22,6 +22,8 @@ from model_store.llama_cpp import ipc
 
 if TYPE_CHECKING:
     from llama_cpp._internals import LlamaContext, LlamaModel
+
+    from model_store.llama_cpp.threads import ThreadGovernor
 
 _STOP = None
 
@@ -71,34 +73,69 @@ def take(inbox: queue.Queue[ipc.ToWorker | None], *, wait: bool) -> list[ipc.ToW
             return messages
 
 
+class Work(Protocol):
+    """What the main thread drives: the generation scheduler, or an embedding model's embedder."""
+
+    @property
+    def idle(self) -> bool: ...
+
+    def take(self, message: ipc.Generate | ipc.Embed) -> None: ...
+
+    def cancel(self, job_id: int) -> None: ...
+
+    def step(self) -> None: ...
+
+    def fail_all(self, message: str) -> None: ...
+
+
 def serve(args: argparse.Namespace) -> int:
-    from model_store.llama_cpp.batch import Scheduler
-    from model_store.llama_cpp.prompts import PromptBuilder
     from model_store.llama_cpp.threads import ThreadGovernor
 
     channel = Channel()
     model, ctx = load(args)
-    builder = PromptBuilder(model)
     threads = ThreadGovernor(thread_count(args), adaptive=not args.fixed_threads)
-    scheduler = Scheduler(
-        ctx, builder, slots=args.slots, n_ctx=args.n_ctx, n_batch=args.n_batch, threads=threads, send=channel.send
-    )
-    supports_fim = builder.fim_ids is not None
-    channel.send(ipc.Ready(pid=os.getpid(), n_ctx=scheduler.n_ctx, supports_fim=supports_fim))
+    work, supports_fim = (embedder if args.embedding else scheduler)(args, model, ctx, threads, channel)
+    channel.send(ipc.Ready(pid=os.getpid(), n_ctx=args.n_ctx, supports_fim=supports_fim))
     inbox: queue.Queue[ipc.ToWorker | None] = queue.Queue()
     threading.Thread(target=read_forever, args=(channel, inbox), daemon=True).start()
     while True:
-        for message in take(inbox, wait=scheduler.idle):
+        for message in take(inbox, wait=work.idle):
             if message is None:
                 return 0
             if isinstance(message, ipc.Cancel):
-                scheduler.cancel(message.id)
+                work.cancel(message.id)
             else:
-                scheduler.submit(message.id, message.request)
+                work.take(message)
         try:
-            scheduler.step()
+            work.step()
         except Exception as exc:  # a bug, not a crash: every request in flight ends with a 502
-            scheduler.fail_all(f"{type(exc).__name__}: {exc}")
+            work.fail_all(f"{type(exc).__name__}: {exc}")
+
+
+def scheduler(
+    args: argparse.Namespace, model: LlamaModel, ctx: LlamaContext, threads: ThreadGovernor, channel: Channel
+) -> tuple[Work, bool]:
+    from model_store.llama_cpp.batch import Scheduler
+    from model_store.llama_cpp.prompts import PromptBuilder
+
+    builder = PromptBuilder(model, family=args.family, emulate_fim=args.fim == "emulate")
+    work = Scheduler(
+        ctx, builder, slots=args.slots, n_ctx=args.n_ctx, n_batch=args.n_batch, threads=threads, send=channel.send
+    )
+    return work, builder.fim_ids is not None
+
+
+def embedder(
+    args: argparse.Namespace, model: LlamaModel, ctx: LlamaContext, threads: ThreadGovernor, channel: Channel
+) -> tuple[Work, bool]:
+    from model_store.llama_cpp.embedder import Embedder, gguf_pooling
+
+    pooling = gguf_pooling(model, args.pooling)
+    work = Embedder(
+        ctx, model, slots=args.slots, n_ctx=args.n_ctx, n_batch=args.n_batch, pooling=pooling, threads=threads,
+        send=channel.send,
+    )  # fmt: skip
+    return work, False
 
 
 def thread_count(args: argparse.Namespace) -> int:
@@ -125,6 +162,10 @@ def load(args: argparse.Namespace) -> tuple[LlamaModel, LlamaContext]:
     # a longer span regroups the sums: a temperature-0 answer changed with its neighbours)
     params.kv_unified = False
     params.n_batch = params.n_ubatch = max(args.n_batch, args.slots)  # the scheduler's batch (batch.py)
+    if args.embedding:  # every token's vector comes out, embedder.py pools them (it says why there)
+        params.embeddings = True
+        params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        params.n_batch = params.n_ubatch = max(args.n_batch, args.n_ctx)  # an input is never split
     # the prompt's threads too (llama.cpp's default is every core): two workers of one thread
     # each otherwise fight over the cores at every prefill
     params.n_threads = params.n_threads_batch = threads
@@ -145,7 +186,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--n-batch", type=int, default=512)
     parser.add_argument("--n-gpu-layers", type=int, default=0)
     parser.add_argument("--slots", type=int, default=1)
+    parser.add_argument("--family", default="", help="the manifest's family (SmolLM2's tool-call syntax)")
+    parser.add_argument("--fim", choices=("emulate", "refuse"), default="emulate")
     parser.add_argument("--fixed-threads", action="store_true", help="ignore other processes' load")
+    parser.add_argument("--embedding", action="store_true", help="an embedding model: vectors, no text")
+    parser.add_argument("--pooling", choices=("gguf", "mean", "cls", "last"), default="gguf")
     return parser.parse_args(argv)
 
 

@@ -11,6 +11,7 @@ per proxied request is 1 ms.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import cast, get_args
@@ -24,6 +25,8 @@ from model_store.backend import Health, State, fixed_info
 from model_store.openai import wire
 from model_store.openai.errors import translate_status, translate_transport_error
 from model_store.types import (
+    EmbeddingRequest,
+    Embeddings,
     Event,
     Finish,
     FinishReason,
@@ -48,9 +51,11 @@ class OpenAIBackend:
         self._detail = ""
         self.info = fixed_info(manifest, manifest.context_length)
         self._upstream = manifest.url.rstrip("/")
+        self._model = manifest.upstream_model or manifest.id
         self._urls = {
             "chat": URL(f"{self._upstream}/chat/completions"),
             "completion": URL(f"{self._upstream}/completions"),
+            "embeddings": URL(f"{self._upstream}/embeddings"),
         }
 
     async def load(self) -> None:
@@ -89,20 +94,33 @@ class OpenAIBackend:
         """`adapter`: the upstream model to ask instead (a vLLM LoRA adapter, through `vllm`)."""
         if request.kind == "completion" and request.top_logprobs is not None:
             raise UnsupportedParameterError("logprobs are not relayed for text completions", param="logprobs")
+        body = wire.request_body(request, adapter or self._model)
+        async with self._post(self._urls[request.kind], body) as response:
+            if request.stream:
+                async for event in _events(response.content, self._upstream):
+                    yield event
+            else:
+                for event in _whole(await response.read(), self._upstream):
+                    yield event
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """The upstream's `/embeddings`, asked for floats (what every OpenAI-compatible server
+        gives), read back as float32: OpenAI's vectors are float32, so nothing is lost."""
+        async with self._post(self._urls["embeddings"], wire.embedding_body(request, self._model)) as response:
+            return wire.embeddings(await response.read(), request.count, self._upstream)
+
+    @contextlib.asynccontextmanager
+    async def _post(self, url: URL, body: bytes) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The upstream's answer to `body`, once its status says it is one: an error status, and
+        whatever aiohttp raises meanwhile (reading the answer included), become the error tree."""
         if self._session is None:  # the store loads it before any request; unloaded since
             raise BackendUnavailableError(f"model {self._config.id!r} is not loaded")
-        body = wire.request_body(request, adapter or self._config.upstream_model or self._config.id)
         try:
-            async with self._session.post(self._urls[request.kind], data=body, headers=_JSON) as response:
+            async with self._session.post(url, data=body, headers=_JSON) as response:
                 if response.status >= 400:
                     raw = await response.read()
                     raise translate_status(response.status, raw, response.headers.get("retry-after"), self._upstream)
-                if request.stream:
-                    async for event in _events(response.content, self._upstream):
-                        yield event
-                else:
-                    for event in _whole(await response.read(), self._upstream):
-                        yield event
+                yield response
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_transport_error(exc, self._upstream) from exc
         except ValueError as exc:  # aiohttp's readline: a line over twice `read_bufsize`

@@ -6,9 +6,14 @@ what becomes an `Event`; everything else the upstream sends is ignored.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
+
 import msgspec
 
-from model_store.types import GenerationRequest, message_dict, tool_dict
+from konsilium.errors import BackendError
+from model_store.types import EmbeddingRequest, Embeddings, GenerationRequest, message_dict, tool_dict
 
 
 class FunctionDelta(msgspec.Struct):
@@ -116,3 +121,51 @@ def _tool_choice(choice: str) -> object:
     if choice in ("none", "auto", "required"):
         return choice
     return {"type": "function", "function": {"name": choice}}
+
+
+class EmbeddingItem(msgspec.Struct):
+    index: int | None = None
+    embedding: list[float] | str = []  # floats, or base64 float32 from a server that sends it anyway
+
+
+class EmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class EmbeddingList(msgspec.Struct):
+    data: list[EmbeddingItem] = []
+    usage: EmbeddingUsage | None = None
+
+
+embeddings_decoder = msgspec.json.Decoder(EmbeddingList)
+
+
+def embedding_body(request: EmbeddingRequest, model: str) -> bytes:
+    body: dict[str, object] = {"model": model, "input": list(request.texts) or [list(t) for t in request.tokens]}
+    if request.dimensions is not None:
+        body["dimensions"] = request.dimensions
+    return _encoder.encode(body)
+
+
+def embeddings(raw: bytes, count: int, upstream: str) -> Embeddings:
+    """An upstream's embeddings answer: one vector per input, put back in input order."""
+    try:
+        answer = embeddings_decoder.decode(raw)
+        items = sorted(answer.data, key=lambda item: item.index if item.index is not None else -1)
+        if [item.index for item in items] != list(range(count)) and len(items) == count:
+            items = answer.data  # no (or odd) indices: by position, as the list came
+        vectors = tuple(_float32(item.embedding) for item in items)
+    except (msgspec.DecodeError, ValueError, OverflowError, binascii.Error) as exc:
+        raise BackendError(f"upstream {upstream} sent unreadable embeddings: {exc}") from exc
+    if len(vectors) != count:
+        raise BackendError(f"upstream {upstream} sent {len(vectors)} embeddings for {count} inputs")
+    return Embeddings(vectors=vectors, prompt_tokens=answer.usage.prompt_tokens if answer.usage else 0)
+
+
+def _float32(embedding: list[float] | str) -> bytes:
+    if isinstance(embedding, str):
+        packed = base64.b64decode(embedding, validate=True)
+        if len(packed) % 4:
+            raise ValueError("base64 embedding is not whole float32s")
+        return packed
+    return struct.pack(f"<{len(embedding)}f", *embedding)

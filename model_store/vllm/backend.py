@@ -26,7 +26,7 @@ from konsilium.errors import BackendUnavailableError, GatewayError
 from konsilium.manifest import Manifest
 from model_store.backend import Health, State, fixed_info
 from model_store.openai.backend import OpenAIBackend
-from model_store.types import Event, GenerationRequest
+from model_store.types import EmbeddingRequest, Embeddings, Event, GenerationRequest
 from model_store.vllm.adapters import AdapterSlots
 from model_store.vllm.process import VllmProcess
 
@@ -120,6 +120,14 @@ class VllmBackend:
             async for event in relay.stream(request, adapter):
                 yield event
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """A pooling model's vectors (the store asks only a manifest with `embedding: true`,
+        started with `--runner pooling`), relayed from its `/v1/embeddings`."""
+        relay = self._relay
+        if relay is None:
+            raise BackendUnavailableError(f"model {self._config.id!r} is not running")
+        return await relay.embed(request)
+
     def health(self) -> Health:
         crashed = self._state == "ready" and self.managed and not (self._process and self._process.alive)
         return Health(
@@ -151,6 +159,7 @@ class VllmBackend:
             "--gpu-memory-utilization", str(c.gpu_memory_utilization),
             *(["--enable-lora", "--max-loras", str(c.max_loras), "--max-lora-rank", str(c.max_lora_rank)]
               if c.adapters else []),
+            *(["--runner", "pooling"] if c.embedding else []),  # a generative model's hidden states pooled
             *self._batch_args(),
             *c.vllm_args,
         ]  # fmt: skip
