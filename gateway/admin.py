@@ -2,7 +2,8 @@
 once API keys exist, an admin key too (gateway/auth.py).
 
 `GET /admin/models`, `POST /admin/models/{id}/load`, `POST /admin/models/{id}/unload`,
-`GET /admin/budget`, `POST /admin/route`, `GET /admin/keys`. `konsilium ps` reads the first.
+`GET /admin/budget`, `POST /admin/route`, `GET /admin/keys` (and `GET /admin/status`, the status
+page's snapshot: gateway/status.py). `konsilium ps` reads the first.
 """
 
 from __future__ import annotations
@@ -72,11 +73,15 @@ def _one(services: Services, view: ModelView) -> Response[bytes]:
     return json_response(admin_view(view, services.router.view().get(view.id)))
 
 
+def admin_views(services: Services) -> list[dict[str, object]]:
+    """Every model as `GET /admin/models` (and the status page) shows it."""
+    learned = services.router.view()
+    return [admin_view(v, learned.get(v.id)) for v in services.store.view()]
+
+
 @get("/admin/models", guards=[loopback_only])
 async def admin_models(request: AnyRequest) -> Response[bytes]:
-    services = services_of(request)
-    learned = services.router.view()
-    return json_response({"models": [admin_view(v, learned.get(v.id)) for v in services.store.view()]})
+    return json_response({"models": admin_views(services_of(request))})
 
 
 @post("/admin/models/{model_id:str}/load", guards=[loopback_only], status_code=200)

@@ -62,7 +62,7 @@ async def respond(
     services: Services = request.app.state.services
     council = _council(services.config, name, model)
     record = observe.current()
-    record.role = "council"
+    record.role, record.route = "council", f"council:{name}"
     route = route_request(request.headers, model, services.config.routing.ab_fraction, auth.access())
     events = services.council.convene(name, council, generation, route)
     headers = {

@@ -4,7 +4,8 @@ call span (`chat {model}`, first token as an event) and token metrics.
 The middleware wraps every HTTP request except `/metrics` and `/health` (scrapes and probes):
 it opens the server span (continuing a `traceparent` the client sent), returns its trace id in
 `x-konsilium-trace-id`, and when the last byte has gone — streams included — records the
-request's metrics and writes one access log line from the `RequestRecord` the handler filled.
+request's metrics and writes one access log line from the `RequestRecord` the handler filled
+(an inference request's record then goes to the status page's ring, gateway/recent.py).
 Spans opened meanwhile (routing, queue wait, model load, the backend calls) are its children.
 """
 
@@ -24,6 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
+from gateway.recent import RecentRequests
 from konsilium.config import TelemetryConfig
 from konsilium.errors import GatewayError
 from konsilium.observability.logs import ACCESS_LOGGER
@@ -52,6 +54,7 @@ class RequestRecord:
     stream: bool = False
     role: str = ""
     model: str = ""  # the model that answered, else the one asked for
+    route: str = ""  # the routing decision's reason
     fallbacks: tuple[str, ...] = ()
     ttft_ms: float | None = None
     prompt_tokens: int = 0
@@ -61,6 +64,8 @@ class RequestRecord:
     status: int = 500  # the answer's, once its head has gone
     key: str = ""  # the API key's name (never its secret), when keys are on
     tenant: str = ""
+    prompt: str | None = None  # the last user message, only with telemetry.record_content
+    answer: str | None = None  # likewise the answer
 
 
 CURRENT: ContextVar[RequestRecord | None] = ContextVar("konsilium_request", default=None)
@@ -80,9 +85,10 @@ def recording() -> bool:
 class ObservedApp:
     """Pure ASGI middleware (so a stream's span ends with its last byte, not with the handler)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics | None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None, recent: RecentRequests | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.recent = recent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or scope["path"] in UNOBSERVED:
@@ -123,6 +129,8 @@ class ObservedApp:
             span.set_status(Status(StatusCode.ERROR, record.error or str(status)))
         if record.inference and self.metrics is not None:
             self.metrics.answered(record.model, record.role, status, record.stream, seconds)
+        if record.inference and self.recent is not None:
+            self.recent.add(record, path, status, seconds)
         access_log.info(
             "%s %s %d", method, path, status, extra={"fields": _access_fields(record, method, path, status, seconds)},
         )  # fmt: skip
@@ -157,13 +165,20 @@ class Telemetry:
         self._settings = settings
 
     def routed(self, started_ns: int, role: RoleDecision, decision: RouteDecision) -> None:
-        """Made once the decision is known: its attributes go in at creation (one copy, not one
-        locked set per attribute) and it never becomes the current span."""
+        """The decision's reason into the request's record, and its span, made once the decision
+        is known: its attributes go in at creation (one copy, not one locked set per attribute)
+        and it never becomes the current span."""
+        record = current()
+        if not record.route:  # a council's seats are each routed: the council named its own
+            record.route = decision.reason
         if recording():
             tracer().start_span("route", start_time=started_ns, attributes=route_attributes(role, decision)).end()
 
     def attempt(self, target: str, generation: GenerationRequest, redacted: Mapping[str, int]) -> AttemptSpan:
         note_redacted(self._metrics, redacted)
+        record = current()
+        if self._settings.record_content and record.prompt is None:
+            record.prompt = prompt_text(generation)
         return AttemptSpan(target, generation, self._metrics, self._settings, redacted)
 
     # ---- the council's observer ------------------------------------------------------------
@@ -233,7 +248,10 @@ class AttemptSpan:
         self._text.append(text)
 
     def finished(self, finish: Finish) -> None:
-        _finished(self._span, self._record, self._target, finish, self._text if self.records_text else None)
+        text = "".join(self._text) if self.records_text else None
+        if text is not None:
+            self._record.answer = text
+        _finished(self._span, self._record, self._target, finish, text)
         if self._metrics is not None:
             usage = finish.usage
             self._metrics.finished(
@@ -316,7 +334,13 @@ def _request_attributes(
     return attributes
 
 
-def _finished(span: trace.Span, record: RequestRecord, target: str, finish: Finish, text: list[str] | None) -> None:
+def prompt_text(generation: GenerationRequest) -> str:
+    """What the caller asked: the last user message, else a completion's prompt."""
+    asked = next((m.content for m in reversed(generation.messages) if m.role == "user"), None)
+    return generation.prompt if asked is None else asked
+
+
+def _finished(span: trace.Span, record: RequestRecord, target: str, finish: Finish, text: str | None) -> None:
     record.prompt_tokens, record.completion_tokens = finish.usage.prompt_tokens, finish.usage.completion_tokens
     span.set_attributes({
         "gen_ai.response.model": target,
@@ -325,4 +349,4 @@ def _finished(span: trace.Span, record: RequestRecord, target: str, finish: Fini
         "gen_ai.usage.output_tokens": finish.usage.completion_tokens,
     })  # fmt: skip
     if text is not None:
-        span.set_attribute("gen_ai.output.messages", json.dumps([{"role": "assistant", "content": "".join(text)}]))
+        span.set_attribute("gen_ai.output.messages", json.dumps([{"role": "assistant", "content": text}]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from gateway.recent import RecentRequests
 from gateway.responses.store import ResponseStore
 from konsilium.config import Config
 from konsilium.observability.metrics import Metrics
@@ -30,4 +31,5 @@ class Services:
     tenancy: Tenancy | None = None  # keys and limits (None: not in this app, e.g. a bare test)
     metrics: Metrics | None = None  # None: metrics are off
     responses: ResponseStore | None = None  # stored Responses API answers (None: store nothing)
+    recent: RecentRequests | None = None  # the last requests answered, for the status page (None: kept nowhere)
     started: int = field(default_factory=lambda: int(time.time()))  # `created` of what has no file
