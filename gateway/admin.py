@@ -51,6 +51,7 @@ def admin_view(view: ModelView, learned: TargetHealth | None) -> dict[str, objec
     return {
         **model_status(view),
         "backend": view.backend,
+        "revision": view.revision,
         "role": view.tier,
         "load": view.load,
         "estimated_mb": view.estimated_mb,

@@ -4,7 +4,7 @@ and whether key limits are shared through Redis now."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from litestar import Request, Response, get
@@ -25,9 +25,9 @@ BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class StateCollector(Collector):
-    def __init__(self, store: ModelStore, router: Router, tenancy: Tenancy | None = None) -> None:
+    def __init__(self, store: ModelStore, router: Callable[[], Router], tenancy: Tenancy | None = None) -> None:
         self._store = store
-        self._router = router
+        self._router = router  # the one serving now (a reload swaps it)
         self._tenancy = tenancy
 
     def collect(self) -> Iterator[Metric]:
@@ -58,7 +58,7 @@ class StateCollector(Collector):
         breakers = GaugeMetricFamily(
             "konsilium_breaker_state", "Circuit breaker per target: 0 closed, 1 half open, 2 open", labels=["target"]
         )
-        for target, learned in self._router.view().items():
+        for target, learned in self._router().view().items():
             breakers.add_metric([target], BREAKER_STATES[learned.breaker])
         yield breakers
         if self._tenancy is not None:

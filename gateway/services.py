@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.recent import RecentRequests
 from gateway.responses.store import ResponseStore
@@ -19,6 +20,10 @@ from model_store.store import ModelStore
 from routing.council.convene import Council
 from routing.dispatch import Dispatcher
 from routing.router import Router
+
+if TYPE_CHECKING:
+    from gateway.reload import Reloader
+    from model_store.staging import Stager
 
 
 @dataclass(frozen=True)
@@ -32,4 +37,6 @@ class Services:
     metrics: Metrics | None = None  # None: metrics are off
     responses: ResponseStore | None = None  # stored Responses API answers (None: store nothing)
     recent: RecentRequests | None = None  # the last requests answered, for the status page (None: kept nowhere)
+    stager: Stager | None = None  # staged model updates (None: not in this app)
+    reloader: Reloader | None = None  # None: started without a config source, nothing to reload
     started: int = field(default_factory=lambda: int(time.time()))  # `created` of what has no file

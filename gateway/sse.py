@@ -24,7 +24,7 @@ from litestar.types import Receive, Send, TypeEncodersMap
 from gateway.errors import to_gateway_error
 from gateway.framing import Wire
 from konsilium.errors import BackendError, ClientDisconnectedError, GatewayError
-from model_store.store import Loading, Notice, StoreEvent
+from model_store.notices import Loading, Notice, StoreEvent
 from model_store.types import Event, Finish
 
 log = logging.getLogger(__name__)

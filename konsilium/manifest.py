@@ -51,6 +51,14 @@ class Adapter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     tenants: list[str] = msgspec.field(default_factory=list)  # only their keys see it; none: shared by all
 
 
+class Revision(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """One revision of a model's weights: the file (or vLLM directory), its name and checksum."""
+
+    path: str  # relative to the manifest's directory, or `pkg:PACKAGE/FILE`
+    revision: str = ""
+    checksum_sha256: Sha256 | None = None
+
+
 class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     # what the model is
     id: ModelId
@@ -115,6 +123,11 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.9
     stop_grace_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     adapters: list[Adapter] = msgspec.field(default_factory=list)
+    # staged updates (model_store/staging.py): the revision `konsilium models stage` tries next,
+    # the one `rollback` returns to (written by `promote`), and the prompts both are checked on
+    candidate: Revision | None = None
+    previous: Revision | None = None
+    control_prompts: str | None = None  # a YAML file of prompts with expectations (model_store/control.py)
 
     @property
     def backend_name(self) -> BackendName:

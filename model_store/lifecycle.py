@@ -76,6 +76,11 @@ class Entry:
     load_seconds: float | None = None
     loads: int = 0
     load_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    key: str = ""  # unique among everything the store holds: the id, or `id@candidate-N` for a staged revision
+    retired: bool = False  # replaced or removed: it finishes its requests, then unloads
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.manifest.id
 
     @property
     def id(self) -> str:

@@ -1,13 +1,14 @@
 """The model store: every configured model, its lifecycle, and the memory budget they share.
 
 Per request, `stream()` admits it (or refuses with 429 when the model's queue is full), waits
-for one of the model's `max_concurrency` slots, makes sure the model is loaded — planning what
-to evict with the pure `plan_load` — and relays the backend's events. A lease is held from
-admission to the last event, so a model with requests in flight or queued is never evicted.
+for one of the model's `max_concurrency` slots, makes sure the model is loaded (`loading.py`
+plans what to evict with the pure `plan_load`) and relays the backend's events. A lease is held
+from admission to the last event, so a model with requests in flight or queued is never evicted.
 
-Decisions that read shared state and then change it (`_reserve`, the idle sweep) never await in
-between: in one event loop that makes each of them atomic without a lock. Loads run as tasks
-that a leaving client cannot cancel halfway, so the ledger always matches what is running.
+An id's entry can be replaced while it serves — a promoted revision, a config reload that
+changed or removed the model: the old entry is retired, finishes the requests that hold it, and
+unloads; new requests reach the new one at once. A staged candidate is an entry of its own that
+no request reaches; the control prompts go to it through `stream_candidate`.
 """
 
 from __future__ import annotations
@@ -16,58 +17,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 
 import msgspec
 from opentelemetry import trace
 
 from konsilium.config import Config
-from konsilium.errors import (
-    BackendUnavailableError,
-    ConflictError,
-    GatewayError,
-    ModelLoadError,
-    ModelNotFoundError,
-    RateLimitError,
-    UnsupportedParameterError,
-)
-from konsilium.observability.events import NoObserver, Observer, UnloadReason
+from konsilium.errors import ConflictError, GatewayError, ModelNotFoundError, RateLimitError, UnsupportedParameterError
+from konsilium.manifest import Manifest
+from konsilium.observability.events import NoObserver, Observer
+from konsilium.reload_plan import ModelChanges, model_changes
 from model_store.backend import Backend, wrong_kind
-from model_store.budget import Budget, detect_budget, foreign_gpu_mb, measured_mb, process_tree
-from model_store.checksum import ChecksumCache, default_cache_dir
-from model_store.estimate import GGUFError
+from model_store.budget import Budget, detect_budget
 from model_store.lifecycle import Entry
-from model_store.planner import Resident, plan_load
+from model_store.loading import Loader
+from model_store.notices import Admitted, Loading, Notice, Queued, StoreEvent
 from model_store.registry import build_backend
-from model_store.types import EmbeddingRequest, Embeddings, Event, GenerationRequest
+from model_store.types import EmbeddingRequest, Embeddings, GenerationRequest
 from model_store.views import BudgetView, ModelView, model_view
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("konsilium.model_store")
-
-RETRY_AFTER_FULL_S = 5
-
-
-class Notice(msgspec.Struct, frozen=True):
-    """Not a backend event: what the store tells its caller while the request waits."""
-
-    model: str
-
-
-class Queued(Notice, frozen=True):
-    """Every slot of the model is taken: the request waits its turn (bounded by `max_queue`)."""
-
-
-class Admitted(Notice, frozen=True):
-    """After `Queued`: the request holds a slot now; the model starts on it from here."""
-
-
-class Loading(Notice, frozen=True):
-    """The model is being loaded for this request (SSE heartbeat time)."""
-
-
-StoreEvent = Event | Notice
 
 
 class ModelStore:
@@ -84,14 +55,34 @@ class ModelStore:
         self._clock = clock
         self._observer = observer or NoObserver()
         self._wall = wall_clock
-        given = backends or {}
-        self._entries = {
-            m.id: Entry(m, given.get(m.id) or build_backend(m), asyncio.Semaphore(m.concurrency)) for m in config.models
-        }
-        self._adapter_bases = {a.name: m.id for m in config.models for a in m.adapters}
-        self._checksums = ChecksumCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
-        self.budget = Budget(total_mb=0, source="config")
+        self._given = backends or {}
+        self._entries = {m.id: self._entry(m) for m in config.models}
+        self._adapter_bases = _adapter_bases(config)
+        self._candidates: dict[str, Entry] = {}  # staged revisions, by model id: no request reaches them
+        self._retired: list[Entry] = []  # replaced or removed, finishing their requests
+        self._staged = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loader = Loader(config, self._holders, clock=clock, wall_clock=wall_clock, observer=self._observer)
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _entry(self, manifest: Manifest, key: str = "") -> Entry:
+        backend = self._given.get(key or manifest.id) or build_backend(manifest)
+        return Entry(manifest, backend, asyncio.Semaphore(manifest.concurrency), key=key)
+
+    def _holders(self) -> Iterator[Entry]:
+        """Every entry that may hold memory or a process."""
+        yield from self._entries.values()
+        yield from self._candidates.values()
+        yield from self._retired
+
+    @property
+    def budget(self) -> Budget:
+        return self._loader.budget
+
+    @property
+    def config(self) -> Config:
+        """The running config, with promoted and rolled-back revisions in it."""
+        return self._config
 
     # ---- what the layers above read: plain views -------------------------------------------
     def view(self) -> list[ModelView]:
@@ -100,6 +91,16 @@ class ModelStore:
 
     def view_of(self, model_id: str) -> ModelView:
         return model_view(self._get(model_id))
+
+    def candidate_view(self, model_id: str) -> ModelView | None:
+        entry = self._candidates.get(model_id)
+        return None if entry is None else model_view(entry)
+
+    def manifest_of(self, model_id: str) -> Manifest:
+        return self._get(model_id).manifest
+
+    def candidate_manifest(self, model_id: str) -> Manifest:
+        return self._candidates[model_id].manifest
 
     def knows(self, name: str) -> bool:
         """A model id or a LoRA adapter's name."""
@@ -110,7 +111,7 @@ class ModelStore:
         return self._adapter_bases.get(name) or self._get(name).id
 
     def budget_view(self) -> BudgetView:
-        used, foreign = self._used_mb(), self._foreign_mb()
+        used, foreign = self._loader.used_mb(), self._loader.foreign_mb()
         return BudgetView(
             total_mb=self.budget.total_mb,
             source=self.budget.source,
@@ -118,7 +119,7 @@ class ModelStore:
             used_mb=used,
             foreign_mb=foreign,
             free_mb=self.budget.total_mb - used - foreign,
-            models={e.id: e.reserved_mb for e in self._entries.values() if e.reserved_mb},
+            models={e.key: e.reserved_mb for e in self._holders() if e.reserved_mb},
         )
 
     def count_prompt_tokens(self, name: str, request: GenerationRequest) -> int | None:
@@ -126,47 +127,148 @@ class ModelStore:
         CPU work that grows with the prompt: call it in a thread."""
         return self._entries[self.base_of(name)].backend.count_prompt_tokens(request)
 
+    def digest(self, path: Path) -> str:
+        return self._loader.digest(path)
+
     def _get(self, model_id: str) -> Entry:
         entry = self._entries.get(model_id)
         if entry is None:
             raise ModelNotFoundError(f"The model {model_id!r} does not exist.", param="model")
         return entry
 
-    def _used_mb(self) -> int:
-        return sum(e.reserved_mb for e in self._entries.values())
-
-    def _foreign_mb(self) -> int:
-        pids = {p for e in self._entries.values() if (pid := e.backend.health().pid) for p in process_tree(pid)}
-        return foreign_gpu_mb(pids)
-
     # ---- start and stop ------------------------------------------------------------------
     async def start(self) -> None:
-        self.budget = await asyncio.to_thread(
-            detect_budget, self._config.memory_budget_mb, self._config.memory_reserve_mb
-        )
-        log.info("memory budget %d MB from %s %s", self.budget.total_mb, self.budget.source, self.budget.device)
-        for entry in self._entries.values():
+        await self._detect_budget()
+        await self._load_eager(list(self._entries.values()))
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-unload")
+
+    async def _detect_budget(self) -> None:
+        config = self._config
+        budget = await asyncio.to_thread(detect_budget, config.memory_budget_mb, config.memory_reserve_mb)
+        self._loader.budget = budget
+        log.info("memory budget %d MB from %s %s", budget.total_mb, budget.source, budget.device)
+
+    async def _load_eager(self, entries: list[Entry]) -> None:
+        for entry in entries:
             if entry.manifest.load == "eager":
                 try:
                     await self.load(entry.id)
                 except GatewayError as exc:
-                    log.error("model %s failed to load at start-up: %s", entry.id, exc.message)
-        self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-unload")
+                    log.error("model %s failed to load: %s", entry.id, exc.message)
 
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await asyncio.gather(*(e.backend.unload() for e in self._entries.values()), return_exceptions=True)
-        for entry in self._entries.values():
+        holders = list(self._holders())
+        await asyncio.gather(*(e.backend.unload() for e in holders), return_exceptions=True)
+        for entry in holders:
             if entry.state == "ready":
                 self._observer.unloaded(entry.id, "shutdown")
             entry.move("shutdown")
 
+    # ---- replacing what serves an id ---------------------------------------------------------
+    async def apply(self, config: Config) -> ModelChanges:
+        """A reloaded config's models: added ones join (eager ones load), changed ones get a new
+        entry (the old one retires), removed ones retire; no await before all of it is in place."""
+        changes = model_changes(self._config.models, config.models)
+        manifests = {m.id: m for m in config.models}
+        for model_id in (*changes.removed, *changes.changed):
+            self.drop_candidate(model_id)
+            self._retire(self._entries.pop(model_id))
+        for model_id in changes.updated:
+            self._entries[model_id].manifest = manifests[model_id]
+        fresh = [self._entry(manifests[i]) for i in (*changes.added, *changes.changed)]
+        self._entries.update({e.id: e for e in fresh})
+        self._entries = {i: self._entries[i] for i in manifests}  # config order
+        self._adapter_bases = _adapter_bases(config)
+        budget_changed = (config.memory_budget_mb, config.memory_reserve_mb) != (
+            self._config.memory_budget_mb, self._config.memory_reserve_mb)  # fmt: skip
+        self._config = self._loader.config = config
+        if budget_changed:
+            await self._detect_budget()
+        self._spawn(self._load_eager(fresh), "load-reloaded")
+        return changes
+
+    def stage(self, manifest: Manifest) -> Entry:
+        """A candidate revision of `manifest.id` beside the active one (a previous candidate retires)."""
+        self._get(manifest.id)
+        self.drop_candidate(manifest.id)
+        self._staged += 1
+        entry = self._candidates[manifest.id] = self._entry(manifest, key=f"{manifest.id}@candidate-{self._staged}")
+        return entry
+
+    async def load_candidate(self, model_id: str) -> ModelView:
+        entry = self._candidates[model_id]
+        task = await self._loader.start(entry)
+        if task is not None:
+            await asyncio.shield(task)
+        return model_view(entry)
+
+    def promote(self, manifest: Manifest) -> None:
+        """The candidate serves the id from the next request on (with `manifest`: the same process
+        fields, the staged revisions rewritten); the active entry retires."""
+        entry = self._candidates.pop(manifest.id)
+        entry.manifest = manifest
+        self._swap(entry)
+        self._spawn(self._load_eager([entry]), "load-promoted")  # evicted since it was staged
+
+    def install(self, manifest: Manifest) -> None:
+        """A new entry for the id (a rollback): it loads on its next request; the active one retires."""
+        self.drop_candidate(manifest.id)
+        self._swap(entry := self._entry(manifest))
+        self._spawn(self._load_eager([entry]), "load-installed")
+
+    def _swap(self, entry: Entry) -> None:
+        self._retire(self._entries[entry.id])
+        self._entries[entry.id] = entry
+        models = [entry.manifest if m.id == entry.id else m for m in self._config.models]
+        self._config = self._loader.config = msgspec.structs.replace(self._config, models=models)
+
+    def drop_candidate(self, model_id: str) -> None:
+        entry = self._candidates.pop(model_id, None)
+        if entry is not None:
+            self._retire(entry)
+
+    def _retire(self, entry: Entry) -> None:
+        entry.retired = True
+        self._retired.append(entry)
+        if not entry.leases:
+            self._spawn(self._finish_retired(entry), f"retire-{entry.key}")
+
+    async def _finish_retired(self, entry: Entry) -> None:
+        if entry.load_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(entry.load_task)
+        if entry.leases or entry not in self._retired:
+            return  # a request took it meanwhile (a stage's control prompt); its end retires it
+        self._retired.remove(entry)
+        if entry.state == "ready":
+            entry.move("unload")
+            log.info("unloading %s: replaced or removed", entry.key)
+            await self._loader.unload(entry, "retired")
+        elif entry.state != "unloading":
+            await entry.backend.unload()  # a failed or never-started process: nothing booked
+
+    def _spawn(self, work: Coroutine[None, None, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # ---- serving ----------------------------------------------------------------------------
-    async def stream(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
-        entry = self._entries[self.base_of(model_id)]
+    def stream(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
+        return self._generate(model_id, request, candidate=False)
+
+    def stream_candidate(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
+        """A control prompt to the staged revision (through its own slots, as a request would)."""
+        return self._generate(model_id, request, candidate=True)
+
+    async def _generate(
+        self, model_id: str, request: GenerationRequest, *, candidate: bool
+    ) -> AsyncGenerator[StoreEvent, None]:
+        """Errors (an unknown or wrong kind of model) are raised from the first `anext()`."""
+        entry = self._candidates[model_id] if candidate else self._entries[self.base_of(model_id)]
         if entry.manifest.embedding:
             raise wrong_kind(model_id, embedding=True)
         adapter = model_id if model_id != entry.id else None
@@ -220,7 +322,7 @@ class ModelStore:
             try:
                 if queued:
                     yield Admitted(model=model_id)
-                task = await self._start_load(entry)
+                task = await self._loader.start(entry)
                 if task is not None:
                     if entry.manifest.path is not None:  # a remote model has nothing to wait for
                         yield Loading(model=model_id)
@@ -232,10 +334,12 @@ class ModelStore:
         finally:
             entry.leases -= 1
             entry.last_used, entry.last_used_wall = self._clock(), self._wall()
+            if entry.retired and not entry.leases:
+                self._spawn(self._finish_retired(entry), f"retire-{entry.key}")
 
     async def load(self, model_id: str) -> ModelView:
         entry = self._get(model_id)
-        task = await self._start_load(entry)
+        task = await self._loader.start(entry)
         if task is not None:
             await asyncio.shield(task)
         return model_view(entry)
@@ -246,7 +350,7 @@ class ModelStore:
             raise ConflictError(f"model {model_id!r} has {entry.leases} requests in flight or queued", param="model")
         if entry.state == "ready":
             entry.move("unload")
-            await self._unload(entry, "admin")
+            await self._loader.unload(entry, "admin")
         return model_view(entry)
 
     def _admit(self, entry: Entry) -> None:
@@ -258,133 +362,15 @@ class ModelStore:
                 retry_after=1,
             )
 
-    # ---- loading -------------------------------------------------------------------------
-    async def _start_load(self, entry: Entry) -> asyncio.Task[None] | None:
-        """None if ready; else join the load in progress, or plan one and start it.
-
-        Every refusal (cooldown, bad file, does not fit) is raised before anything changes.
-        """
-        if _ready(entry):
-            return None
-        if entry.load_task is not None and not entry.load_task.done():
-            return entry.load_task
-        if entry.state == "failed" and self._clock() < entry.failed_until:
-            retry = max(1, round(entry.failed_until - self._clock()))
-            raise ModelLoadError(f"model {entry.id!r} failed to load: {entry.last_error}", retry_after=retry)
-        need = await self._need_mb(entry)
-        if _ready(entry):  # another request loaded it while we read the file
-            return None
-        if entry.load_task is not None and not entry.load_task.done():
-            return entry.load_task
-        victims = self._reserve(entry, need)
-        entry.load_task = asyncio.create_task(self._load(entry, victims), name=f"load-{entry.id}")
-        entry.load_task.add_done_callback(_retrieve)  # every waiter may have left; the error is in the entry
-        return entry.load_task
-
-    async def _need_mb(self, entry: Entry) -> int:
-        """Measured use if we have it, else the manifest's override, else the backend's estimate."""
-        if entry.measured_mb is not None:
-            return entry.measured_mb
-        if entry.need_mb is None:
-            try:
-                entry.need_mb = await asyncio.to_thread(self._estimate, entry)
-            except (GGUFError, OSError) as exc:
-                self._fail(entry, str(exc))
-                raise ModelLoadError(f"model {entry.id!r} failed to load: {exc}", retry_after=self._retry()) from exc
-        return entry.need_mb
-
-    def _estimate(self, entry: Entry) -> int:
-        """Pinned files are verified, then the backend estimates (reading the file: a bad one fails here)."""
-        m = entry.manifest
-        if m.path is not None and m.checksum_sha256 and not m.skip_checksum:
-            path = Path(m.path)
-            actual = self._checksums.digest(path)
-            if actual != m.checksum_sha256:
-                raise GGUFError(f"checksum mismatch for {path.name}: expected {m.checksum_sha256}, got {actual}")
-        estimate = entry.backend.memory_need_mb()
-        return m.memory_mb if m.memory_mb is not None else estimate
-
-    def _reserve(self, entry: Entry, need: int) -> list[Entry]:
-        """Plan and book in one step (no await): mark the victims and the target's memory."""
-        budget = self.budget.total_mb - self._foreign_mb()
-        plan = plan_load(entry.id, need, self._residents(), budget)
-        if not plan.fits:
-            raise BackendUnavailableError(
-                f"model {entry.id!r} does not fit: {plan.reason}", retry_after=RETRY_AFTER_FULL_S
-            )
-        victims = [self._entries[v] for v in plan.evict]
-        for victim in victims:
-            victim.move("unload")
-        entry.move("load", reserve_mb=need)
-        return victims
-
-    def _residents(self) -> list[Resident]:
-        return [
-            Resident(
-                id=e.id,
-                memory_mb=e.reserved_mb,
-                last_used=e.last_used,
-                pinned=e.manifest.load == "eager" or e.state != "ready",
-                leases=e.leases,
-            )
-            for e in self._entries.values()
-            if e.reserved_mb > 0
-        ]
-
-    async def _load(self, entry: Entry, victims: list[Entry]) -> None:
-        attributes = {"gen_ai.request.model": entry.id, "konsilium.model.backend": entry.manifest.backend_name,
-                      "konsilium.load.evicted": [v.id for v in victims]}  # fmt: skip
-        with _tracer.start_as_current_span("model load", attributes=attributes):
-            await self._evict_and_load(entry, victims)
-
-    async def _evict_and_load(self, entry: Entry, victims: list[Entry]) -> None:
-        for victim in victims:
-            log.info("evicting %s (%d MB) for %s", victim.id, victim.reserved_mb, entry.id)
-            await self._unload(victim, "evicted")
-        started = self._clock()
-        try:
-            await entry.backend.load()
-        except GatewayError as exc:
-            self._fail(entry, exc.message)
-            raise ModelLoadError(
-                f"model {entry.id!r} failed to load: {exc.message}", retry_after=self._retry()
-            ) from exc
-        entry.load_seconds = self._clock() - started
-        entry.loads += 1
-        self._observer.loaded(entry.id, entry.load_seconds)
-        entry.move("loaded")
-        entry.last_used, entry.last_used_wall = self._clock(), self._wall()
-        pid = entry.backend.health().pid
-        measured = await asyncio.to_thread(measured_mb, pid) if pid else None
-        if measured is not None:
-            entry.measured_mb = entry.reserved_mb = measured
-        log.info("loaded %s in %.2f s (%d MB)", entry.id, entry.load_seconds, entry.reserved_mb)
-
-    async def _unload(self, entry: Entry, reason: UnloadReason) -> None:
-        """Callers mark the entry `unloading` first; a load booked meanwhile keeps its state."""
-        await entry.backend.unload()
-        self._observer.unloaded(entry.id, reason)
-        entry.move("unloaded")
-
-    def _fail(self, entry: Entry, message: str) -> None:
-        self._observer.load_failed(entry.id)
-        entry.move("load_failed")
-        entry.last_error = message
-        entry.failed_until = self._clock() + self._config.load_failure_cooldown_s
-
-    def _retry(self) -> int:
-        return max(1, round(self._config.load_failure_cooldown_s))
-
     # ---- idle unload ---------------------------------------------------------------------
     async def _sweep_idle(self) -> None:
-        idle_limits = [m.idle_unload_seconds for m in self._config.models if m.idle_unload_seconds]
-        period = min(5.0, max(0.1, min(idle_limits, default=20.0) / 4))
         while True:
-            await asyncio.sleep(period)
+            idle_limits = [m.idle_unload_seconds for m in self._config.models if m.idle_unload_seconds]
+            await asyncio.sleep(min(5.0, max(0.1, min(idle_limits, default=20.0) / 4)))
             for entry in self.idle_expired():
                 log.info("unloading %s after %.0f s idle", entry.id, entry.manifest.idle_unload_seconds or 0)
                 try:
-                    await self._unload(entry, "idle")
+                    await self._loader.unload(entry, "idle")
                 except Exception:  # the sweeper outlives any one model's failure
                     log.exception("idle unload of %s failed", entry.id)
 
@@ -408,11 +394,5 @@ def _queue_attributes(model_id: str, entry: Entry) -> dict[str, str | int]:
     return {"gen_ai.request.model": model_id, "konsilium.queue.ahead": entry.queued - 1 + entry.in_flight}
 
 
-def _ready(entry: Entry) -> bool:
-    """Loaded, and its process still alive: one that died since is loaded again (a new load)."""
-    return entry.state == "ready" and entry.backend.health().ready
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _adapter_bases(config: Config) -> dict[str, str]:
+    return {a.name: m.id for m in config.models for a in m.adapters}

@@ -48,6 +48,7 @@ class ModelView(msgspec.Struct, frozen=True):
     # fill-in-the-middle: "native" (FIM tokens: the loaded vocabulary's, or the manifest's
     # `capabilities`), "emulated" (a llama.cpp model without them, `fim: emulate`), or "" (passed on)
     fim: str = ""
+    revision: str = ""  # the manifest's: what `konsilium models promote` and `rollback` change
 
 
 class BudgetView(msgspec.Struct, frozen=True):
@@ -91,6 +92,7 @@ def model_view(entry: Entry) -> ModelView:
         ),
         embedding=m.embedding,
         fim=fim_mode(m, info.supports_fim),
+        revision=m.revision,
     )
 
 

@@ -33,7 +33,8 @@ from konsilium.errors import (
     ModelNotFoundError,
 )
 from model_store.backend import wrong_kind
-from model_store.store import ModelStore, Notice, StoreEvent
+from model_store.notices import Notice, StoreEvent
+from model_store.store import ModelStore
 from model_store.types import EmbeddingRequest, Embeddings, Finish, GenerationRequest, TextDelta
 from model_store.views import ModelView
 from routing.policy import CHARS_PER_TOKEN, CONSENT_HEADER, NO_CONSENT, RouteDecision, TargetState

@@ -30,7 +30,7 @@ from konsilium.errors import (
     UnsupportedParameterError,
 )
 from konsilium.observability.events import NoObserver, Observer
-from model_store.store import Admitted, Loading, Notice, Queued, StoreEvent
+from model_store.notices import Admitted, Loading, Notice, Queued, StoreEvent
 from routing.classifier import RoleClassifier, load_model
 from routing.health import Breaker, Latency
 from routing.policy import (
@@ -124,6 +124,14 @@ class Router:
         self.breakers = {
             name: Breaker(self._routing.breaker_failures, self._routing.breaker_cooldown_s, clock) for name in targets
         }
+
+    def inherit(self, old: Router) -> None:
+        """After a reload: what `old` learned of the targets both know (breakers kept only while
+        their settings are unchanged)."""
+        self.latency = {name: learned for name, learned in old.latency.items() if name in self.breakers}
+        if (old._routing.breaker_failures, old._routing.breaker_cooldown_s) == (
+            self._routing.breaker_failures, self._routing.breaker_cooldown_s):  # fmt: skip
+            self.breakers.update({name: b for name, b in old.breakers.items() if name in self.breakers})
 
     # ---- deciding (no awaits) ----------------------------------------------------------------
     def decide(

@@ -13,8 +13,8 @@ import msgspec
 import yaml
 
 from konsilium.config import AgentRole as AgentRole
-from konsilium.config import with_yaml_path
 from konsilium.errors import ConfigError
+from konsilium.manifest_dir import with_yaml_path
 
 AGENT_ROLES: tuple[AgentRole, ...] = get_args(AgentRole)
 

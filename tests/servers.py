@@ -60,15 +60,24 @@ def run_server(tmp_path: Path, models: list[dict[str, object]], **settings: obje
     config = {"host": "127.0.0.1", "port": port, "models": models, **settings}
     config_path = tmp_path / f"konsilium-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    log = (tmp_path / f"konsilium-{port}.log").open("wb")
+    with serve_config(config_path, port) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_config(config_path: Path, port: int, *args: str) -> Iterator[Server]:
+    """`konsilium serve --config config_path *args`, listening on `port` (the file's), its output in
+    konsilium-PORT.log beside the file."""
+    log_path = config_path.parent / f"konsilium-{port}.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "entrypoints.cli", "serve", "--config", str(config_path)],
+        [sys.executable, "-m", "entrypoints.cli", "serve", "--config", str(config_path), *args],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(base_url=f"http://127.0.0.1:{port}", process=process, log=tmp_path / f"konsilium-{port}.log")
+    server = Server(base_url=f"http://127.0.0.1:{port}", process=process, log=log_path)
     try:
         _wait_ready(server, timeout_s=120)
         yield server

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Sequence
 
 from gateway.council_text import Lanes
 from konsilium.config import AgentSeat
-from model_store.store import StoreEvent
+from model_store.notices import StoreEvent
 from model_store.types import (
     Finish,
     GenerationRequest,

@@ -19,7 +19,7 @@ from konsilium.errors import (
     RequestFailedError,
 )
 from konsilium.manifest import Manifest
-from model_store.store import Admitted, Loading, Queued, StoreEvent
+from model_store.notices import Admitted, Loading, Queued, StoreEvent
 from model_store.types import Finish, TextDelta, Usage
 from routing.policy import RouteDecision
 from routing.router import Router

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-UnloadReason = Literal["evicted", "idle", "admin", "shutdown"]
+UnloadReason = Literal["evicted", "idle", "admin", "shutdown", "retired"]
 
 
 class Observer(Protocol):

@@ -135,6 +135,11 @@ class Metrics(Collector):
         self.redis_failures = CounterSeries(
             "konsilium_limiter_redis_failures", "Redis calls of the limiter that failed or timed out", ["operation"]
         )
+        self.model_updates = CounterSeries(
+            "konsilium_model_updates", "Staged update steps (stage, promote, rollback), by outcome",
+            ["model", "step", "outcome"],
+        )  # fmt: skip
+        self.config_reloads = CounterSeries("konsilium_config_reloads", "Config reloads, by outcome", ["outcome"])
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -143,7 +148,7 @@ class Metrics(Collector):
             self.requests, self.request_duration, self.ttft, self.tpot, self.tokens, self.queue_wait, self.loads,
             self.load_duration, self.unloads, self.fallbacks, self.decisions, self.councils, self.council_calls,
             self.verdict_duration, self.redactions, self.key_requests, self.key_tokens, self.rate_limited,
-            self.limiter_decisions, self.redis_failures,
+            self.limiter_decisions, self.redis_failures, self.model_updates, self.config_reloads,
         ):  # fmt: skip
             yield series.family()
 
@@ -160,6 +165,12 @@ class Metrics(Collector):
 
     def redis_failed(self, operation: str) -> None:
         self.redis_failures.inc((operation,))
+
+    def model_updated(self, model: str, step: str, outcome: str) -> None:
+        self.model_updates.inc((model, step, outcome))
+
+    def config_reloaded(self, outcome: str) -> None:
+        self.config_reloads.inc((outcome,))
 
     # ---- Observer: the store and the router ----------------------------------------------
     def queue_waited(self, model: str, seconds: float) -> None:

@@ -30,7 +30,7 @@ import msgspec
 
 from konsilium.config import AgentSeat, CouncilConfig
 from konsilium.errors import BackendTimeoutError, ClientDisconnectedError, GatewayError, InternalError
-from model_store.store import Notice
+from model_store.notices import Notice
 from model_store.types import Event, Finish, GenerationRequest, TextDelta, Usage
 from routing.council import prompts
 from routing.council.ranking import combine, labels, parse_ranking

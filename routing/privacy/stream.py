@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 
 import msgspec
 
-from model_store.store import StoreEvent
+from model_store.notices import StoreEvent
 from model_store.types import Finish, GenerationRequest, JsonOutput, Message, TextDelta, ToolCallDelta, ToolSpec
 from routing.privacy.scrubber import Restorer, Vault
 
