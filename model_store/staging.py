@@ -165,6 +165,12 @@ class Stager:
                 "`candidate:` in the model's manifest",
                 param="path",
             )
+        if active.path is None:
+            raise InvalidRequestError(
+                f"model {active.id!r} is served from {active.url}: only a model whose weights Konsilium runs "
+                "(a manifest with `path`) has revisions to stage",
+                param="model",
+            )
         file = self._file(active.id)
         base = file.parent if file is not None else Path.cwd()
         try:

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import SMOLLM2, Server, free_port, pid_alive, serve_config
+from tests.servers import ROOT, SMOLLM2, Server, free_port, pid_alive, serve_config
 
 BASE = {"id": "base", "family": "smollm2", "role": "primary", "load": "eager", "path": str(SMOLLM2), "n_ctx": 1024}
 EXTRA = {"id": "extra", "family": "smollm2", "path": str(SMOLLM2), "n_ctx": 2048}
@@ -74,6 +76,11 @@ def test_a_model_added_to_models_dir_serves_after_a_reload(served: tuple[Server,
         "added": ["extra"], "removed": [], "changed": [], "updated": [], "unchanged": ["base"],
     }  # fmt: skip
     assert model_ids(server)[:2] == ["base", "extra"]
+    again = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "reload", "--url", server.base_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (again.returncode, again.stdout) == (0, f"reloaded {models.parent / 'konsilium.yaml'}\n")  # nothing new
     body = {"model": "extra", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
     answered = httpx.post(f"{server.v1}/chat/completions", json=body, timeout=120)
     assert (answered.status_code, answered.json()["model"]) == (200, "extra")

@@ -56,7 +56,7 @@
     const rows = status.models.map((m) => {
       const row = node("tr");
       row.dataset.model = m.id;
-      cell(row, node("code", m.id));
+      cell(row, node("code", m.id)).title = m.revision ? `revision ${m.revision}` : "";
       cell(row, badge(m.state, "state"), "state").title = m.detail || "";
       cell(row, m.backend);
       cell(row, m.role);
