@@ -76,7 +76,7 @@ class Entry:
     load_seconds: float | None = None
     loads: int = 0
     load_task: asyncio.Task[None] | None = field(default=None, repr=False)
-    key: str = ""  # unique among everything the store holds: the id, or `id@candidate-N` for a staged revision
+    key: str = ""  # unique in the store: the id, `id@candidate-N` (staged) or `id@retired-N` (draining)
     retired: bool = False  # replaced or removed: it finishes its requests, then unloads
 
     def __post_init__(self) -> None:

@@ -60,7 +60,7 @@ class ModelStore:
         self._adapter_bases = _adapter_bases(config)
         self._candidates: dict[str, Entry] = {}  # staged revisions, by model id: no request reaches them
         self._retired: list[Entry] = []  # replaced or removed, finishing their requests
-        self._staged = 0
+        self._staged = 0  # numbers the keys of candidates and retired entries
         self._tasks: set[asyncio.Task[None]] = set()
         self._loader = Loader(config, self._holders, clock=clock, wall_clock=wall_clock, observer=self._observer)
         self._sweeper: asyncio.Task[None] | None = None
@@ -210,7 +210,7 @@ class ModelStore:
         """The candidate serves the id from the next request on (with `manifest`: the same process
         fields, the staged revisions rewritten); the active entry retires."""
         entry = self._candidates.pop(manifest.id)
-        entry.manifest = manifest
+        entry.manifest, entry.key = manifest, manifest.id
         self._swap(entry)
         self._spawn(self._load_eager([entry]), "load-promoted")  # evicted since it was staged
 
@@ -232,7 +232,8 @@ class ModelStore:
             self._retire(entry)
 
     def _retire(self, entry: Entry) -> None:
-        entry.retired = True
+        self._staged += 1
+        entry.retired, entry.key = True, f"{entry.id}@retired-{self._staged}"
         self._retired.append(entry)
         if not entry.leases:
             self._spawn(self._finish_retired(entry), f"retire-{entry.key}")

@@ -112,6 +112,28 @@ def test_a_model_removed_while_it_streams_finishes_its_stream_then_unloads(serve
     assert "extra" not in model_ids(server)
 
 
+def test_a_changed_model_gets_a_new_process_and_a_described_one_keeps_its_own(served: tuple[Server, Path]) -> None:
+    server, models = served
+    pid = server.model_state("base")["pid"]
+    assert isinstance(pid, int)
+    write_manifest(models, {**BASE, "description": "the same weights, described"})
+    response = reload(server)
+    assert (response.status_code, response.json()["models"]["updated"]) == (200, ["base"])
+    assert server.model_state("base")["pid"] == pid
+    write_manifest(models, {**BASE, "n_ctx": 2048})
+    try:
+        response = reload(server)
+        assert (response.status_code, response.json()["models"]["changed"]) == (200, ["base"])
+        assert eventually(lambda: server.model_state("base")["state"] == "ready" and not pid_alive(pid))
+        assert server.model_state("base")["pid"] != pid  # eager: loaded again at once
+        body = {"model": "base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert httpx.post(f"{server.v1}/chat/completions", json=body, timeout=60).status_code == 200
+    finally:
+        write_manifest(models, BASE)
+        assert reload(server).status_code == 200
+        assert eventually(lambda: server.model_state("base")["state"] == "ready")
+
+
 @pytest.mark.parametrize(
     ("change", "problem"),
     [

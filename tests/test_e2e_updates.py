@@ -207,3 +207,36 @@ def test_a_stage_request_that_cannot_be_served_is_refused_clearly(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert (error["param"], error["message"][: len(message)]) == (param, message)
+
+
+@pytest.fixture(scope="module")
+def tight_server(models_dir: Path) -> Iterator[Server]:
+    """A budget that holds one SmolLM2 (~340 MB measured) but not two."""
+    port = free_port()
+    config = models_dir.parent / "tight.yaml"
+    settings = {"host": "127.0.0.1", "port": port, "models_dir": "models", "memory_budget_mb": 500}
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    with serve_config(config, port) as running:
+        yield running
+
+
+def test_when_the_budget_is_short_the_candidate_is_checked_instead_of_the_active(
+    tight_server: Server, models_dir: Path
+) -> None:
+    old_pid = admin_model(tight_server)["pid"]
+    assert isinstance(old_pid, int)
+    staged = post(tight_server, f"/admin/models/{MODEL}/stage", {"path": "smollm2-r2.gguf", "revision": "r2b"})
+    assert staged.status_code == 200, staged.text
+    report = staged.json()
+    assert (report["outcome"], report["beside"]) == ("staged", False)
+    assert report["candidate"]["passed"] == report["active"]["passed"] == 4
+    assert wait_until_gone(old_pid)  # unloaded to make room
+    booked = httpx.get(f"{tight_server.base_url}/admin/budget", timeout=10).json()["models"]
+    assert list(booked) == [f"{MODEL}@candidate-1"]
+    promoted = post(tight_server, f"/admin/models/{MODEL}/promote")
+    assert promoted.status_code == 200, promoted.text
+    assert chat(tight_server).status_code == 200
+    serving = admin_model(tight_server)
+    assert (serving["revision"], serving["state"]) == ("r2b", "ready")
+    booked = httpx.get(f"{tight_server.base_url}/admin/budget", timeout=10).json()["models"]
+    assert list(booked) == [MODEL]
