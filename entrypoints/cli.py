@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         return commands.route(_config(args), args.text, args.system, args.model, args.role)
     elif args.command == "keys":
         return keys.run(_config(args), args)
-    elif args.command == "reload" or args.action in ("stage", "promote", "rollback"):
+    elif args.command == "reload" or (args.command == "models" and args.action in ("stage", "promote", "rollback")):
         return updates.run(args)
     elif args.command == "pull":
         return commands.pull(args.repo, args.file, args.models_dir, args.revision, args.model_id)

@@ -19,7 +19,8 @@ prompts:
 Every expectation given must hold (`exact` after trimming, `contains`, `regex` searched, `json`
 parses). A revision's score is the share of prompts it passes; `judge` refuses a candidate whose
 score falls more than `max_score_drop` below the active revision's (the seeds' 5 %), or whose
-tokens/s fall below `min_speed_ratio` of the active's when that is configured. Pure: the staging
+tokens/s fall below `min_speed_ratio` of the active's when that is configured — and any
+candidate when the active revision passes none (prompts that check nothing). Pure: the staging
 code runs the prompts and hands the answers here.
 """
 
@@ -175,6 +176,8 @@ def judge(
     """Why the candidate is refused; [] when it may be promoted."""
     if candidate.error:
         return [f"the candidate could not be checked: {candidate.error}"]
+    if active.total and not active.passed:
+        return ["the active revision passes none of the control prompts: they tell nothing of a candidate"]
     reasons = []
     floor = active.score * (1 - max_score_drop)
     if candidate.score < floor - 1e-9:

@@ -1,5 +1,5 @@
-"""Loading and unloading: what a model needs, the plan that makes room for it, the booking, and
-the load task — for every entry the store holds (the active models, staged candidates, and
+"""Loading and unloading: what a model needs, the plan that makes room for it, the booking, the
+load task, and the idle sweep — for every entry the store holds (the active models, staged candidates, and
 retired revisions still finishing their requests), which share one memory budget.
 
 Every refusal (cooldown, bad file, wrong checksum, does not fit) is raised before anything
@@ -158,6 +158,33 @@ class Loader:
 
     def _retry(self) -> int:
         return max(1, round(self.config.load_failure_cooldown_s))
+
+    # ---- idle unload (every entry: a candidate left idle goes too) ---------------------
+    async def sweep_idle(self) -> None:
+        while True:
+            idle_limits = [m.idle_unload_seconds for m in self.config.models if m.idle_unload_seconds]
+            await asyncio.sleep(min(5.0, max(0.1, min(idle_limits, default=20.0) / 4)))
+            for entry in self.idle_expired():
+                log.info("unloading %s after %.0f s idle", entry.id, entry.manifest.idle_unload_seconds or 0)
+                try:
+                    await self.unload(entry, "idle")
+                except Exception:  # the sweeper outlives any one model's failure
+                    log.exception("idle unload of %s failed", entry.id)
+
+    def idle_expired(self) -> list[Entry]:
+        """Marks (no await between the check and the mark) and returns the models to unload now."""
+        now = self._clock()
+        expired = [
+            e
+            for e in self._entries()
+            if e.state == "ready"
+            and e.leases == 0
+            and e.manifest.idle_unload_seconds is not None
+            and now - e.last_used >= e.manifest.idle_unload_seconds
+        ]
+        for entry in expired:
+            entry.move("unload")
+        return expired
 
 
 def _resident(e: Entry) -> Resident:

@@ -165,6 +165,12 @@ class Stager:
                 "`candidate:` in the model's manifest",
                 param="path",
             )
+        if active.embedding:
+            raise InvalidRequestError(
+                f"model {active.id!r} is an embedding model: control prompts check chat answers, so its "
+                "revisions are not staged (replace its manifest's path and reload instead)",
+                param="model",
+            )
         if active.path is None:
             raise InvalidRequestError(
                 f"model {active.id!r} is served from {active.url}: only a model whose weights Konsilium runs "

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -140,7 +140,7 @@ class ModelStore:
     async def start(self) -> None:
         await self._detect_budget()
         await self._load_eager(list(self._entries.values()))
-        self._sweeper = asyncio.create_task(self._sweep_idle(), name="idle-unload")
+        self._sweeper = asyncio.create_task(self._loader.sweep_idle(), name="idle-unload")
 
     async def _detect_budget(self) -> None:
         config = self._config
@@ -148,7 +148,9 @@ class ModelStore:
         self._loader.budget = budget
         log.info("memory budget %d MB from %s %s", budget.total_mb, budget.source, budget.device)
 
-    async def _load_eager(self, entries: list[Entry]) -> None:
+    async def _load_eager(self, entries: list[Entry], after: Sequence[asyncio.Task[None] | None] = ()) -> None:
+        """`after`: the retirements to wait for first (the memory they return may be needed)."""
+        await asyncio.gather(*(t for t in after if t is not None), return_exceptions=True)
         for entry in entries:
             if entry.manifest.load == "eager":
                 try:
@@ -174,9 +176,10 @@ class ModelStore:
         entry (the old one retires), removed ones retire; no await before all of it is in place."""
         changes = model_changes(self._config.models, config.models)
         manifests = {m.id: m for m in config.models}
+        retiring = []
         for model_id in (*changes.removed, *changes.changed):
             self.drop_candidate(model_id)
-            self._retire(self._entries.pop(model_id))
+            retiring.append(self._retire(self._entries.pop(model_id)))
         for model_id in changes.updated:
             self._entries[model_id].manifest = manifests[model_id]
         fresh = [self._entry(manifests[i]) for i in (*changes.added, *changes.changed)]
@@ -188,7 +191,7 @@ class ModelStore:
         self._config = self._loader.config = config
         if budget_changed:
             await self._detect_budget()
-        self._spawn(self._load_eager(fresh), "load-reloaded")
+        self._spawn(self._load_eager(fresh, after=retiring), "load-reloaded")
         return changes
 
     def stage(self, manifest: Manifest) -> Entry:
@@ -217,26 +220,27 @@ class ModelStore:
     def install(self, manifest: Manifest) -> None:
         """A new entry for the id (a rollback): it loads on its next request; the active one retires."""
         self.drop_candidate(manifest.id)
-        self._swap(entry := self._entry(manifest))
-        self._spawn(self._load_eager([entry]), "load-installed")
+        retiring = self._swap(entry := self._entry(manifest))
+        self._spawn(self._load_eager([entry], after=[retiring]), "load-installed")
 
-    def _swap(self, entry: Entry) -> None:
-        self._retire(self._entries[entry.id])
+    def _swap(self, entry: Entry) -> asyncio.Task[None] | None:
+        retiring = self._retire(self._entries[entry.id])
         self._entries[entry.id] = entry
         models = [entry.manifest if m.id == entry.id else m for m in self._config.models]
         self._config = self._loader.config = msgspec.structs.replace(self._config, models=models)
+        return retiring
 
     def drop_candidate(self, model_id: str) -> None:
         entry = self._candidates.pop(model_id, None)
         if entry is not None:
             self._retire(entry)
 
-    def _retire(self, entry: Entry) -> None:
+    def _retire(self, entry: Entry) -> asyncio.Task[None] | None:
+        """The entry finishes its requests, then unloads: the task doing it now, if it is idle."""
         self._staged += 1
         entry.retired, entry.key = True, f"{entry.id}@retired-{self._staged}"
         self._retired.append(entry)
-        if not entry.leases:
-            self._spawn(self._finish_retired(entry), f"retire-{entry.key}")
+        return None if entry.leases else self._spawn(self._finish_retired(entry), f"retire-{entry.key}")
 
     async def _finish_retired(self, entry: Entry) -> None:
         if entry.load_task is not None:
@@ -252,10 +256,11 @@ class ModelStore:
         elif entry.state != "unloading":
             await entry.backend.unload()  # a failed or never-started process: nothing booked
 
-    def _spawn(self, work: Coroutine[None, None, None], name: str) -> None:
+    def _spawn(self, work: Coroutine[None, None, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---- serving ----------------------------------------------------------------------------
     def stream(self, model_id: str, request: GenerationRequest) -> AsyncGenerator[StoreEvent, None]:
@@ -362,33 +367,6 @@ class ModelStore:
                 f"(max_queue {m.max_queue})",
                 retry_after=1,
             )
-
-    # ---- idle unload ---------------------------------------------------------------------
-    async def _sweep_idle(self) -> None:
-        while True:
-            idle_limits = [m.idle_unload_seconds for m in self._config.models if m.idle_unload_seconds]
-            await asyncio.sleep(min(5.0, max(0.1, min(idle_limits, default=20.0) / 4)))
-            for entry in self.idle_expired():
-                log.info("unloading %s after %.0f s idle", entry.id, entry.manifest.idle_unload_seconds or 0)
-                try:
-                    await self._loader.unload(entry, "idle")
-                except Exception:  # the sweeper outlives any one model's failure
-                    log.exception("idle unload of %s failed", entry.id)
-
-    def idle_expired(self) -> list[Entry]:
-        """Marks (no await between the check and the mark) and returns the models to unload now."""
-        now = self._clock()
-        expired = [
-            e
-            for e in self._entries.values()
-            if e.state == "ready"
-            and e.leases == 0
-            and e.manifest.idle_unload_seconds is not None
-            and now - e.last_used >= e.manifest.idle_unload_seconds
-        ]
-        for entry in expired:
-            entry.move("unload")
-        return expired
 
 
 def _queue_attributes(model_id: str, entry: Entry) -> dict[str, str | int]:

@@ -97,5 +97,7 @@ def test_the_governor_gives_up_the_cores_busy_processes_hold() -> None:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
-    time.sleep(2 * SAMPLE_S + 0.3)
+    deadline = time.monotonic() + 10 * SAMPLE_S + 5  # a busy CI neighbour of its own may take a while to leave
+    while governor.threads != cores and time.monotonic() < deadline:
+        time.sleep(SAMPLE_S)
     assert governor.threads == cores, "the neighbours are gone: every core again"

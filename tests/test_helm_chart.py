@@ -100,6 +100,12 @@ def test_the_rendered_config_loads_with_konsiliums_own_loader(
     )
     assert config.tenancy.replicas == replicas
     assert (config.redis_url is not None) == (replicas > 1)
+    if values_of(values_file).get("builtinModel", True):  # the built-in pair, however it is written
+        by_id = {m.id: m for m in config.models}
+        assert by_id["smollm2-135m-embed"].embedding
+        assert by_id["smollm2-135m-instruct"].control_prompts == str(
+            Path(__file__).resolve().parents[1] / "model_store" / "control_prompts" / "smollm2-135m-instruct.yaml"
+        )
 
 
 def test_the_vllm_pods_are_the_gateways_backends_inside_the_cluster(chart: helm_python.Chart, tmp_path: Path) -> None:

@@ -73,6 +73,9 @@ def test_speed_is_judged_only_when_configured_and_a_candidate_that_did_not_load_
     assert judge(active, slow, max_score_drop=0.05, min_speed_ratio=0.5) == [
         "40.0 tokens/s is under 50% of the active revision's 100.0 (updates.min_speed_ratio)"
     ]
+    assert judge(
+        _report("r1", [False, False]), _report("r2", [False, False]), max_score_drop=0.05, min_speed_ratio=None
+    ) == ["the active revision passes none of the control prompts: they tell nothing of a candidate"]
     broken = _report("r2", [], error="model 'm' failed to load: bad magic")
     assert judge(active, broken, max_score_drop=0.05, min_speed_ratio=None) == [
         "the candidate could not be checked: model 'm' failed to load: bad magic"

