@@ -20,7 +20,9 @@ Every expectation given must hold (`exact` after trimming, `contains`, `regex` s
 parses). A revision's score is the share of prompts it passes; `judge` refuses a candidate whose
 score falls more than `max_score_drop` below the active revision's (the seeds' 5 %), or whose
 tokens/s fall below `min_speed_ratio` of the active's when that is configured — and any
-candidate when the active revision passes none (prompts that check nothing). Pure: the staging
+candidate when the active revision answers and passes none (prompts that check nothing). When
+the active revision cannot answer at all (it does not load: often why it is being replaced), the
+candidate is held to a full score instead. Pure: the staging
 code runs the prompts and hands the answers here.
 """
 
@@ -130,6 +132,7 @@ class PromptResult(msgspec.Struct, frozen=True):
     ttft_ms: float | None
     tokens: int
     seconds: float
+    answered: bool = True  # False: an error stopped it (the model did not load, the request failed)
 
 
 def result(prompt: ControlPrompt, answer: str, *, ttft_ms: float | None, tokens: int, seconds: float) -> PromptResult:
@@ -138,7 +141,7 @@ def result(prompt: ControlPrompt, answer: str, *, ttft_ms: float | None, tokens:
 
 
 def failed(prompt: ControlPrompt, error: str) -> PromptResult:
-    return PromptResult(prompt.name, False, error, "", None, 0, 0.0)
+    return PromptResult(prompt.name, False, error, "", None, 0, 0.0, answered=False)
 
 
 class RevisionReport(msgspec.Struct, frozen=True):
@@ -176,14 +179,19 @@ def judge(
     """Why the candidate is refused; [] when it may be promoted."""
     if candidate.error:
         return [f"the candidate could not be checked: {candidate.error}"]
-    if active.total and not active.passed:
+    alone = bool(active.total) and not any(r.answered for r in active.results)
+    if active.total and not alone and not active.passed:
         return ["the active revision passes none of the control prompts: they tell nothing of a candidate"]
+    # the active revision cannot answer (often why it is replaced): the candidate stands alone
+    baseline = 1.0 if alone else active.score
     reasons = []
-    floor = active.score * (1 - max_score_drop)
-    if candidate.score < floor - 1e-9:
+    if candidate.score < baseline * (1 - max_score_drop) - 1e-9:
+        against = (
+            "a full score (the active revision cannot answer)" if alone else f"the active revision's {baseline:.2f}"
+        )
         reasons.append(
-            f"score {candidate.score:.2f} ({candidate.passed}/{candidate.total}) is below the active revision's "
-            f"{active.score:.2f} by more than {max_score_drop:.0%} (updates.max_score_drop)"
+            f"score {candidate.score:.2f} ({candidate.passed}/{candidate.total}) is below {against} "
+            f"by more than {max_score_drop:.0%} (updates.max_score_drop)"
         )
     ratio, before, after = min_speed_ratio, active.tokens_per_s, candidate.tokens_per_s
     if ratio is not None and before and after is not None and after < ratio * before:

@@ -15,10 +15,12 @@ from konsilium.manifest import Manifest
 from konsilium.manifest_file import manifest_file, write_fields
 from konsilium.reload_plan import model_changes, restart_problems
 from model_store.control import (
+    ControlPrompt,
     Expectation,
     PromptResult,
     RevisionReport,
     check,
+    failed,
     judge,
     load_control_prompts,
     revision_report,
@@ -76,6 +78,12 @@ def test_speed_is_judged_only_when_configured_and_a_candidate_that_did_not_load_
     assert judge(
         _report("r1", [False, False]), _report("r2", [False, False]), max_score_drop=0.05, min_speed_ratio=None
     ) == ["the active revision passes none of the control prompts: they tell nothing of a candidate"]
+    down = revision_report("r1", None, [failed(ControlPrompt(name="p", prompt="x"), "model 'm' failed to load")] * 4)
+    assert judge(down, _report("r2", [True] * 4), max_score_drop=0.05, min_speed_ratio=None) == []
+    assert judge(down, _report("r2", [True] * 3 + [False]), max_score_drop=0.05, min_speed_ratio=None) == [
+        "score 0.75 (3/4) is below a full score (the active revision cannot answer) by more than 5% "
+        "(updates.max_score_drop)"
+    ]
     broken = _report("r2", [], error="model 'm' failed to load: bad magic")
     assert judge(active, broken, max_score_drop=0.05, min_speed_ratio=None) == [
         "the candidate could not be checked: model 'm' failed to load: bad magic"
