@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 def build_dispatcher(config: Config) -> Dispatcher:
     """The request path without the HTTP layer (`konsilium route`, benchmarks): no process starts."""
     wiring = _Wiring(time.monotonic, None, None)
-    return wiring.dispatcher(config, ModelStore(config), wiring.router(config, None))
+    return wiring.dispatcher(config, ModelStore(config), wiring.router(config))
 
 
 class _Wiring:
@@ -55,11 +55,8 @@ class _Wiring:
     def __init__(self, clock: Callable[[], float], metrics: Metrics | None, observer: Telemetry | None) -> None:
         self._clock, self._metrics, self._observer = clock, metrics, observer
 
-    def router(self, config: Config, old: Router | None) -> Router:
-        router = Router(config, load_routing_rules(config), clock=self._clock, observer=self._metrics)
-        if old is not None:
-            router.inherit(old)
-        return router
+    def router(self, config: Config) -> Router:
+        return Router(config, load_routing_rules(config), clock=self._clock, observer=self._metrics)
 
     def dispatcher(self, config: Config, store: ModelStore, router: Router) -> Dispatcher:
         return Dispatcher(store, router, observer=self._observer, scrubber=Scrubber(config.privacy.denylist))
@@ -87,7 +84,7 @@ def create_app(
     observer = Telemetry(metrics, telemetry)
     wiring = _Wiring(clock or time.monotonic, metrics, observer)
     store = ModelStore(config, backends, clock=clock or time.monotonic, observer=metrics)
-    router = wiring.router(config, None)
+    router = wiring.router(config)
     dispatcher = wiring.dispatcher(config, store, router)
     council = Council(dispatcher, observer=observer)
     state = State()

@@ -37,7 +37,7 @@ WATCH_PERIOD_S = 1.0  # how often --watch looks at the files' modification times
 class Wiring(Protocol):
     """How the application builds what a config decides (entrypoints/app.py)."""
 
-    def router(self, config: Config, old: Router) -> Router:
+    def router(self, config: Config) -> Router:
         """Raises `ConfigError` when the routing rules do not load."""
 
     def services(self, config: Config, services: Services, router: Router) -> Services:
@@ -92,9 +92,10 @@ class Reloader:
         if problems:
             raise InvalidConfigError(problems)
         try:
-            router = await asyncio.to_thread(self._wiring.router, config, services.router)
+            router = await asyncio.to_thread(self._wiring.router, config)  # reads the rules' files
         except ConfigError as exc:  # the routing rules, checked by building them: nothing changed yet
             raise InvalidConfigError(exc.problems) from exc
+        router.inherit(services.router)  # on the loop: the old one's tables change under requests
         changes = await services.store.apply(config)
         self._state.services = self._wiring.services(config, services, router)
         return ReloadReport(config=self._source.name, models=changes)

@@ -42,7 +42,8 @@ def manifest_file(config_path: Path | None, models_dir: Path | None, model_id: s
 
 
 def write_fields(path: Path, model_id: str, fields: dict[str, Any]) -> None:
-    """Set (or, for None, remove) top-level fields of the model's manifest in `path`."""
+    """Set (or, for None, remove) top-level fields of the model's manifest in `path`; `ValueError`
+    when the file no longer declares the model (`OSError` when it cannot be read or written)."""
     text = path.read_text(encoding="utf-8")
     raw = yaml.safe_load(text)
     if isinstance(raw, dict) and raw.get("id") == model_id:
@@ -52,8 +53,10 @@ def write_fields(path: Path, model_id: str, fields: dict[str, Any]) -> None:
             log.warning("%s: rewritten without its comments (its layout defeats an in-place edit)", path)
             edited = _dump(expected)
     else:
-        models = raw["models"]
-        models[:] = [_updated(m, fields) if m.get("id") == model_id else m for m in models]
+        models = raw.get("models") if isinstance(raw, dict) else None
+        if not isinstance(models, list) or not any(isinstance(m, dict) and m.get("id") == model_id for m in models):
+            raise ValueError(f"{path} no longer declares {model_id!r}")
+        models[:] = [_updated(m, fields) if isinstance(m, dict) and m.get("id") == model_id else m for m in models]
         log.warning("%s: models[%s] rewritten; the file's comments are not kept", path, model_id)
         edited = _dump(raw)
     _replace(path, edited)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+import yaml
 
 from konsilium.errors import BackendUnavailableError, ConfigError, ConflictError, GatewayError, InvalidRequestError
 from konsilium.manifest import Manifest, Revision
@@ -255,7 +256,7 @@ class Stager:
         }
         try:
             write_fields(file, manifest.id, fields)
-        except OSError as exc:
+        except (OSError, ValueError, yaml.YAMLError) as exc:
             raise ConflictError(f"{file}: the new revision could not be written ({exc}); nothing changed") from exc
         return str(file)
 

@@ -100,7 +100,13 @@ class ModelStore:
         return self._get(model_id).manifest
 
     def candidate_manifest(self, model_id: str) -> Manifest:
-        return self._candidates[model_id].manifest
+        return self._candidate(model_id).manifest
+
+    def _candidate(self, model_id: str) -> Entry:
+        entry = self._candidates.get(model_id)
+        if entry is None:  # never staged, or dropped since: a reload changed or removed the model
+            raise ConflictError(f"model {model_id!r} has no staged candidate (a reload drops it)", param="model")
+        return entry
 
     def knows(self, name: str) -> bool:
         """A model id or a LoRA adapter's name."""
@@ -203,7 +209,7 @@ class ModelStore:
         return entry
 
     async def load_candidate(self, model_id: str) -> ModelView:
-        entry = self._candidates[model_id]
+        entry = self._candidate(model_id)
         task = await self._loader.start(entry)
         if task is not None:
             await asyncio.shield(task)
@@ -212,7 +218,8 @@ class ModelStore:
     def promote(self, manifest: Manifest) -> None:
         """The candidate serves the id from the next request on (with `manifest`: the same process
         fields, the staged revisions rewritten); the active entry retires."""
-        entry = self._candidates.pop(manifest.id)
+        entry = self._candidate(manifest.id)
+        del self._candidates[manifest.id]
         entry.manifest, entry.key = manifest, manifest.id
         self._swap(entry)
         self._spawn(self._load_eager([entry]), "load-promoted")  # evicted since it was staged
@@ -274,7 +281,7 @@ class ModelStore:
         self, model_id: str, request: GenerationRequest, *, candidate: bool
     ) -> AsyncGenerator[StoreEvent, None]:
         """Errors (an unknown or wrong kind of model) are raised from the first `anext()`."""
-        entry = self._candidates[model_id] if candidate else self._entries[self.base_of(model_id)]
+        entry = self._candidate(model_id) if candidate else self._entries[self.base_of(model_id)]
         if entry.manifest.embedding:
             raise wrong_kind(model_id, embedding=True)
         adapter = model_id if model_id != entry.id else None
