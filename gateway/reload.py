@@ -95,8 +95,8 @@ class Reloader:
             router = await asyncio.to_thread(self._wiring.router, config)  # reads the rules' files
         except ConfigError as exc:  # the routing rules, checked by building them: nothing changed yet
             raise InvalidConfigError(exc.problems) from exc
-        router.inherit(services.router)  # on the loop: the old one's tables change under requests
         changes = await services.store.apply(config)
+        router.inherit(services.router, fresh=changes.changed)  # on the loop, where its tables change
         self._state.services = self._wiring.services(config, services, router)
         return ReloadReport(config=self._source.name, models=changes)
 

@@ -50,14 +50,14 @@ async def admin_stage(request: AnyRequest, model_id: FromPath[str]) -> Response[
 @post("/admin/models/{model_id:str}/promote", guards=[loopback_only], status_code=200)
 async def admin_promote(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     report = await _stager(request).promote(model_id)
-    _adopt(request)
+    _adopt(request, model_id)
     return json_response(report)
 
 
 @post("/admin/models/{model_id:str}/rollback", guards=[loopback_only], status_code=200)
 async def admin_rollback(request: AnyRequest, model_id: FromPath[str]) -> Response[bytes]:
     report = await _stager(request).rollback(model_id)
-    _adopt(request)
+    _adopt(request, model_id)
     return json_response(report)
 
 
@@ -85,7 +85,9 @@ def _stager(request: AnyRequest) -> Stager:
     return stager
 
 
-def _adopt(request: AnyRequest) -> None:
-    """The store's config, with the new revision in it, is the running one from here on."""
+def _adopt(request: AnyRequest, model_id: str) -> None:
+    """The store's config, with the new revision in it, is the running one from here on; what the
+    router learned of the old revision (its latency, its breaker) is forgotten."""
     services = services_of(request)
+    services.router.forget(model_id)
     request.app.state.services = dataclasses.replace(services, config=services.store.config)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,13 +125,20 @@ class Router:
             name: Breaker(self._routing.breaker_failures, self._routing.breaker_cooldown_s, clock) for name in targets
         }
 
-    def inherit(self, old: Router) -> None:
-        """After a reload: what `old` learned of the targets both know (breakers kept only while
-        their settings are unchanged)."""
-        self.latency = {name: learned for name, learned in old.latency.items() if name in self.breakers}
+    def inherit(self, old: Router, fresh: Collection[str] = ()) -> None:
+        """After a reload: what `old` learned of the targets both know, except the `fresh` ones (a
+        new process); breakers are kept only while their settings are unchanged."""
+        kept = {name for name in self.breakers if name not in fresh}
+        self.latency = {name: learned for name, learned in old.latency.items() if name in kept}
         if (old._routing.breaker_failures, old._routing.breaker_cooldown_s) == (
             self._routing.breaker_failures, self._routing.breaker_cooldown_s):  # fmt: skip
-            self.breakers.update({name: b for name, b in old.breakers.items() if name in self.breakers})
+            self.breakers.update({name: b for name, b in old.breakers.items() if name in kept})
+
+    def forget(self, name: str) -> None:
+        """A target that is a new process now (a promoted or rolled-back revision): learn it anew."""
+        self.latency.pop(name, None)
+        if name in self.breakers:
+            self.breakers[name] = Breaker(self._routing.breaker_failures, self._routing.breaker_cooldown_s, self._clock)
 
     # ---- deciding (no awaits) ----------------------------------------------------------------
     def decide(

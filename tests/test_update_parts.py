@@ -203,3 +203,23 @@ def test_the_manifest_file_is_found_in_models_dir(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("id: [\n")
     assert manifest_file(None, tmp_path, "two") == tmp_path / "two.yml"
     assert manifest_file(None, tmp_path, "three") is None
+
+
+def test_a_rebuilt_router_keeps_what_it_learned_except_of_new_processes() -> None:
+    from routing.router import Router, load_routing_rules
+
+    remote = {"format": "remote", "url": "http://127.0.0.1:9/v1", "path": None}
+    config = Config(models=[_manifest("a", **remote), _manifest("b", **remote), _manifest("c", **remote)])
+    rules = load_routing_rules(config)
+    old = Router(config, rules)
+    for name in ("a", "b"):
+        old.observe(name, ttft_ms=40.0, total_ms=90.0, tokens=10)
+        for _ in range(config.routing.breaker_failures):
+            old.breakers[name].failure()
+    new = Router(config, rules)
+    new.inherit(old, fresh=["b"])  # b is a new process now
+    learned = new.view()
+    assert (learned["a"].ttft_ms, learned["a"].breaker) == (40.0, "open")
+    assert (learned["b"].ttft_ms, learned["b"].breaker) == (None, "closed")
+    new.forget("a")  # promoted: a new revision
+    assert (new.view()["a"].ttft_ms, new.view()["a"].breaker) == (None, "closed")
