@@ -3,6 +3,7 @@ application around it; the one place that wires every layer together."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -88,10 +89,11 @@ def create_app(
     dispatcher = wiring.dispatcher(config, store, router)
     council = Council(dispatcher, observer=observer)
     state = State()
-    reloader = None if source is None else Reloader(state, source, wiring, watch=watch)
+    swapping = asyncio.Lock()  # a reload, a promote, a rollback: one at a time
+    reloader = None if source is None else Reloader(state, source, wiring, lock=swapping, watch=watch)
     files = source or ConfigSource()
     stager = Stager(
-        store, lambda model_id: files.manifest_file(store.config, model_id),
+        store, lambda model_id: files.manifest_file(store.config, model_id), lock=swapping,
         observer=UpdateObserver(metrics.model_updated) if metrics is not None else None,
     )  # fmt: skip
     tenancy = Tenancy(config, observer=metrics)

@@ -50,12 +50,14 @@ class ReloadReport(msgspec.Struct, frozen=True):
 
 
 class Reloader:
-    def __init__(self, state: Any, source: ConfigSource, wiring: Wiring, *, watch: bool = False) -> None:
+    def __init__(
+        self, state: Any, source: ConfigSource, wiring: Wiring, *, lock: asyncio.Lock, watch: bool = False
+    ) -> None:
         self._state = state  # the application's State: `state.services` is what the next request reads
         self._source = source
         self._wiring = wiring
         self._watch = watch
-        self._lock = asyncio.Lock()
+        self._lock = lock  # shared with promote and rollback: each sees the files as the other left them
         self._watcher: asyncio.Task[None] | None = None
 
     @property
@@ -105,7 +107,9 @@ class Reloader:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._quietly("SIGHUP")))
-        if self._watch and self._source.path is not None:
+        if self._watch and self._source.path is None:
+            log.warning("--watch: the built-in config has no file to watch (give --config)")
+        elif self._watch:
             self._watcher = loop.create_task(self._watch_files(), name="config-watch")
             log.info("watching %s for changes", self._source.name)
 

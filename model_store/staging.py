@@ -75,6 +75,7 @@ class Stager:
         *,
         observer: UpdateObserver | None = None,
         wall_clock: Callable[[], float] = time.time,
+        lock: asyncio.Lock | None = None,
     ) -> None:
         self._store = store
         self._file = manifest_file
@@ -82,6 +83,8 @@ class Stager:
         self._wall = wall_clock
         self._reports: dict[str, UpdateReport] = {}
         self._busy: set[str] = set()
+        # held while a promote or rollback rewrites a file and swaps (a reload holds it too)
+        self._swapping = lock or asyncio.Lock()
 
     def report(self, model_id: str) -> UpdateReport | None:
         self._store.manifest_of(model_id)  # 404 for an unknown id
@@ -104,7 +107,7 @@ class Stager:
                 before, after, max_score_drop=updates.max_score_drop, min_speed_ratio=updates.min_speed_ratio
             )
             if reasons:
-                self._store.drop_candidate(model_id)
+                self._store.drop_candidate(model_id, restore=beside is False)
             return self._record(
                 UpdateReport(
                     model=model_id,
@@ -120,6 +123,10 @@ class Stager:
             )
 
     async def promote(self, model_id: str) -> UpdateReport:
+        async with self._swapping:
+            return self._promote(model_id)
+
+    def _promote(self, model_id: str) -> UpdateReport:
         with self._exclusive(model_id):
             staged = self._reports.get(model_id)
             candidate = self._store.candidate_view(model_id)
@@ -142,6 +149,10 @@ class Stager:
             ))  # fmt: skip
 
     async def rollback(self, model_id: str) -> UpdateReport:
+        async with self._swapping:
+            return self._rollback(model_id)
+
+    def _rollback(self, model_id: str) -> UpdateReport:
         with self._exclusive(model_id):
             active = self._store.manifest_of(model_id)
             previous = active.previous

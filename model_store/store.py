@@ -237,10 +237,13 @@ class ModelStore:
         self._config = self._loader.config = msgspec.structs.replace(self._config, models=models)
         return retiring
 
-    def drop_candidate(self, model_id: str) -> None:
+    def drop_candidate(self, model_id: str, *, restore: bool = False) -> None:
+        """`restore`: the active entry was unloaded to make room for it, and loads again if eager."""
         entry = self._candidates.pop(model_id, None)
         if entry is not None:
-            self._retire(entry)
+            retiring = self._retire(entry)
+            if restore:
+                self._spawn(self._load_eager([self._entries[model_id]], after=[retiring]), "load-restored")
 
     def _retire(self, entry: Entry) -> asyncio.Task[None] | None:
         """The entry finishes its requests, then unloads: the task doing it now, if it is idle."""

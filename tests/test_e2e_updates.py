@@ -240,3 +240,15 @@ def test_when_the_budget_is_short_the_candidate_is_checked_instead_of_the_active
     assert (serving["revision"], serving["state"]) == ("r2b", "ready")
     booked = httpx.get(f"{tight_server.base_url}/admin/budget", timeout=10).json()["models"]
     assert list(booked) == [MODEL]
+    # a refused candidate checked instead of the active one: the eager active revision loads again
+    pid = serving["pid"]
+    refused = post(tight_server, f"/admin/models/{MODEL}/stage", {"path": "smollm2-broken.gguf"})
+    assert refused.status_code == 200, refused.text
+    assert (refused.json()["outcome"], refused.json()["beside"]) == ("refused", False)
+    assert re.fullmatch(r"sha256:[0-9a-f]{12}", refused.json()["candidate"]["revision"])  # named by its checksum
+    assert wait_until_gone(pid)
+    deadline = time.monotonic() + 60
+    while admin_model(tight_server)["state"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    restored = admin_model(tight_server)
+    assert (restored["state"], restored["revision"]) == ("ready", "r2b")
