@@ -129,10 +129,9 @@ class Reloader:
         while True:
             await asyncio.sleep(WATCH_PERIOD_S)
             now = await asyncio.to_thread(self._stamps)
-            if now != seen:
+            if now != seen:  # stamped before the reload reads them: a change during it is seen next time
                 seen = now
                 await self._quietly("a config file changed")
-                seen = await asyncio.to_thread(self._stamps)  # a promote's own rewrite is seen once
 
     def _stamps(self) -> dict[Path, tuple[int, int]]:
         config: Config = self._state.services.store.config

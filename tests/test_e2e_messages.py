@@ -96,6 +96,7 @@ def test_tool_use_round_trip(claude: anthropic.Anthropic) -> None:
     answer = claude.messages.create(
         model=MODEL_ID,
         max_tokens=24,
+        extra_body={"temperature": 0},  # greedy: a sampled answer may call the tool again
         tools=[WEATHER],  # type: ignore[list-item]
         messages=[
             *ask,
