@@ -97,17 +97,21 @@ class Stager:
             prompts, max_tokens = self._control_prompts(active)
             before = await self._check(active, prompts, max_tokens, on_candidate=False)
             self._store.stage(candidate)
-            beside, error = await self._load_candidate(model_id)
-            if error:
-                after = revision_report(candidate.revision, candidate.path, [], error)
-            else:
-                after = await self._check(candidate, prompts, max_tokens, on_candidate=True)
+            try:
+                beside, error = await self._load_candidate(model_id)
+                if error:
+                    after = revision_report(candidate.revision, candidate.path, [], error)
+                else:
+                    after = await self._check(candidate, prompts, max_tokens, on_candidate=True)
+            except BaseException:  # cancelled, or a bug: never leave an unchecked candidate staged
+                self._store.drop_candidate(model_id, restore=True)
+                raise
             updates = self._store.config.updates
             reasons = judge(
                 before, after, max_score_drop=updates.max_score_drop, min_speed_ratio=updates.min_speed_ratio
             )
-            if reasons:
-                self._store.drop_candidate(model_id, restore=beside is False)
+            if reasons:  # and an eager active revision unloaded to make room loads again
+                self._store.drop_candidate(model_id, restore=True)
             return self._record(
                 UpdateReport(
                     model=model_id,

@@ -238,7 +238,8 @@ class ModelStore:
         return retiring
 
     def drop_candidate(self, model_id: str, *, restore: bool = False) -> None:
-        """`restore`: the active entry was unloaded to make room for it, and loads again if eager."""
+        """`restore`: an eager active entry unloaded to make room for it loads again (a no-op if it
+        is loaded)."""
         entry = self._candidates.pop(model_id, None)
         if entry is not None:
             retiring = self._retire(entry)
