@@ -1,13 +1,15 @@
 """`konsilium models stage|promote|rollback ID` and `konsilium reload`: the admin API's update
 steps from the terminal, against a running server; each prints its report.
 
-Exit status: 0 when the step happened, 1 when a candidate was refused or the server refused the
+`KONSILIUM_API_KEY` (an admin key, once keys exist) is sent as the bearer token. Exit status: 0
+when the step happened, 1 when a candidate was refused or the server refused the
 step (its error printed), 2 when the server cannot be reached."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -54,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _call(url: str, body: dict[str, Any] | None, show: Callable[[dict[str, Any]], int]) -> int:
     data = b"" if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST", headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if key := os.environ.get("KONSILIUM_API_KEY"):  # an admin key, once keys exist
+        headers["authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=STEP_TIMEOUT_S) as response:
             return show(json.load(response))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -198,3 +199,19 @@ def test_redis_failing_never_fails_a_request_and_shared_limits_come_back(fleet: 
     log = json.dumps([s.log.read_text() if s.log else "" for s in fleet.replicas])
     assert "limits are per replica" in log
     assert "limits are shared again" in log
+
+
+def test_the_update_commands_send_the_admin_key(fleet: Fleet) -> None:
+    """`konsilium reload` (and `models stage|promote|rollback`) against a server with keys: refused
+    without `KONSILIUM_API_KEY`, done with an admin key in it."""
+    server = fleet.replicas[0]
+    command = [sys.executable, "-m", "entrypoints.cli", "reload", "--url", server.base_url]
+    env = {k: v for k, v in os.environ.items() if k != "KONSILIUM_API_KEY"}
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert (refused.returncode, refused.stderr.split(":")[:2]) == (1, ["konsilium", " 401"])
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=60, env={**env, "KONSILIUM_API_KEY": fleet.admin},
+        check=False,
+    )  # fmt: skip
+    assert server.log is not None
+    assert (done.returncode, done.stdout) == (0, f"reloaded {server.log.with_suffix('.yaml')}\n")  # nothing changed
