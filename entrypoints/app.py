@@ -34,7 +34,7 @@ from konsilium.observability.metrics import Metrics
 from konsilium.observability.tracing import setup_tracing
 from konsilium.tenancy.service import Tenancy
 from model_store.backend import Backend
-from model_store.staging import Stager, UpdateObserver
+from model_store.staging import Stager
 from model_store.store import ModelStore
 from routing.council.convene import Council
 from routing.dispatch import Dispatcher
@@ -94,7 +94,7 @@ def create_app(
     files = source or ConfigSource()
     stager = Stager(
         store, lambda model_id: files.manifest_file(store.config, model_id), lock=swapping,
-        observer=UpdateObserver(metrics.model_updated) if metrics is not None else None,
+        on_step=metrics.model_updated if metrics is not None else None,
     )  # fmt: skip
     tenancy = Tenancy(config, observer=metrics)
     kept = config.responses

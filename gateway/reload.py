@@ -60,10 +60,6 @@ class Reloader:
         self._lock = lock  # shared with promote and rollback: each sees the files as the other left them
         self._watcher: asyncio.Task[None] | None = None
 
-    @property
-    def source(self) -> ConfigSource:
-        return self._source
-
     async def reload(self) -> ReloadReport:
         async with self._lock:
             services: Services = self._state.services

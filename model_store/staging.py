@@ -14,9 +14,10 @@ the entries: requests in flight finish on the old revision, the next one reaches
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -61,25 +62,19 @@ class UpdateReport(msgspec.Struct, frozen=True):
     manifest: str | None = None  # the file rewritten (none for a built-in model)
 
 
-class UpdateObserver(msgspec.Struct):
-    """Where each step is counted (gateway: the metrics); by default nowhere."""
-
-    step: Callable[[str, str, str], None] = lambda model, step, outcome: None
-
-
 class Stager:
     def __init__(
         self,
         store: ModelStore,
         manifest_file: Callable[[str], Path | None],
         *,
-        observer: UpdateObserver | None = None,
+        on_step: Callable[[str, str, str], None] | None = None,  # (model, step, outcome): the metrics
         wall_clock: Callable[[], float] = time.time,
         lock: asyncio.Lock | None = None,
     ) -> None:
         self._store = store
         self._file = manifest_file
-        self._observer = observer or UpdateObserver()
+        self._on_step = on_step
         self._wall = wall_clock
         self._reports: dict[str, UpdateReport] = {}
         self._busy: set[str] = set()
@@ -127,51 +122,52 @@ class Stager:
             )
 
     async def promote(self, model_id: str) -> UpdateReport:
-        async with self._swapping:
-            return self._promote(model_id)
-
-    def _promote(self, model_id: str) -> UpdateReport:
-        with self._exclusive(model_id):
-            staged = self._reports.get(model_id)
-            candidate = self._store.candidate_view(model_id)
-            if candidate is None or staged is None or staged.outcome != "staged":
-                raise ConflictError(
-                    f"model {model_id!r} has no staged candidate that passed its control prompts: "
-                    "stage one first (POST /admin/models/{id}/stage)",
-                    param="model",
-                )
-            active = self._store.manifest_of(model_id)
-            promoted = self._store.candidate_manifest(model_id)
-            manifest = msgspec.structs.replace(
-                promoted, load=active.load, candidate=None, previous=_revision_of(active)
-            )
-            written = self._write(manifest)
-            self._store.promote(manifest)
-            return self._record(UpdateReport(
-                model=model_id, step="promote", outcome="promoted", at=self._wall(), revision=manifest.revision,
-                active=staged.candidate, manifest=written,
-            ))  # fmt: skip
+        return await self._switch(model_id, self._promote)
 
     async def rollback(self, model_id: str) -> UpdateReport:
+        return await self._switch(model_id, self._rollback)
+
+    async def _switch(self, model_id: str, step: Callable[[str], UpdateReport]) -> UpdateReport:
+        """Under the lock a reload takes too, one update of the model at a time; `step` writes the
+        file and swaps without awaiting, so no request sees half of it."""
         async with self._swapping:
-            return self._rollback(model_id)
+            with self._exclusive(model_id):
+                return step(model_id)
+
+    def _promote(self, model_id: str) -> UpdateReport:
+        staged = self._reports.get(model_id)
+        candidate = self._store.candidate_view(model_id)
+        if candidate is None or staged is None or staged.outcome != "staged":
+            raise ConflictError(
+                f"model {model_id!r} has no staged candidate that passed its control prompts: "
+                "stage one first (POST /admin/models/{id}/stage)",
+                param="model",
+            )
+        active = self._store.manifest_of(model_id)
+        promoted = self._store.candidate_manifest(model_id)
+        manifest = msgspec.structs.replace(promoted, load=active.load, candidate=None, previous=_revision_of(active))
+        written = self._write(manifest)
+        self._store.promote(manifest)
+        return self._record(UpdateReport(
+            model=model_id, step="promote", outcome="promoted", at=self._wall(), revision=manifest.revision,
+            active=staged.candidate, manifest=written,
+        ))  # fmt: skip
 
     def _rollback(self, model_id: str) -> UpdateReport:
-        with self._exclusive(model_id):
-            active = self._store.manifest_of(model_id)
-            previous = active.previous
-            if previous is None:
-                raise ConflictError(f"model {model_id!r} has no previous revision to roll back to", param="model")
-            manifest = msgspec.structs.replace(
-                active, path=previous.path, revision=previous.revision, checksum_sha256=previous.checksum_sha256,
-                candidate=None, previous=None,
-            )  # fmt: skip
-            written = self._write(manifest)
-            self._store.install(manifest)
-            return self._record(UpdateReport(
-                model=model_id, step="rollback", outcome="rolled_back", at=self._wall(), revision=manifest.revision,
-                manifest=written,
-            ))  # fmt: skip
+        active = self._store.manifest_of(model_id)
+        previous = active.previous
+        if previous is None:
+            raise ConflictError(f"model {model_id!r} has no previous revision to roll back to", param="model")
+        manifest = msgspec.structs.replace(
+            active, path=previous.path, revision=previous.revision, checksum_sha256=previous.checksum_sha256,
+            candidate=None, previous=None,
+        )  # fmt: skip
+        written = self._write(manifest)
+        self._store.install(manifest)
+        return self._record(UpdateReport(
+            model=model_id, step="rollback", outcome="rolled_back", at=self._wall(), revision=manifest.revision,
+            manifest=written,
+        ))  # fmt: skip
 
     # ---- the steps' parts ------------------------------------------------------------------
     async def _candidate_manifest(self, active: Manifest, revision: Revision | None) -> Manifest:
@@ -277,30 +273,24 @@ class Stager:
 
     def _record(self, report: UpdateReport) -> UpdateReport:
         self._reports[report.model] = report
-        self._observer.step(report.model, report.step, report.outcome)
+        if self._on_step is not None:
+            self._on_step(report.model, report.step, report.outcome)
         log.info(
             "model update: %s %s -> %s (revision %s)%s", report.step, report.model, report.outcome, report.revision,
             "".join(f"; {r}" for r in report.reasons),
         )  # fmt: skip
         return report
 
-    def _exclusive(self, model_id: str) -> _Exclusive:
-        return _Exclusive(self._busy, model_id)
-
-
-class _Exclusive:
-    """One update step per model at a time: a second is refused (409), never interleaved."""
-
-    def __init__(self, busy: set[str], model_id: str) -> None:
-        self._busy, self._id = busy, model_id
-
-    def __enter__(self) -> None:
-        if self._id in self._busy:
-            raise ConflictError(f"an update of {self._id!r} is running; try again when it ends", param="model")
-        self._busy.add(self._id)
-
-    def __exit__(self, *_: object) -> None:
-        self._busy.discard(self._id)
+    @contextlib.contextmanager
+    def _exclusive(self, model_id: str) -> Iterator[None]:
+        """One update step per model at a time: a second is refused (409), never interleaved."""
+        if model_id in self._busy:
+            raise ConflictError(f"an update of {model_id!r} is running; try again when it ends", param="model")
+        self._busy.add(model_id)
+        try:
+            yield
+        finally:
+            self._busy.discard(model_id)
 
 
 async def _answer(prompt: ControlPrompt, events: AsyncGenerator[StoreEvent, None]) -> PromptResult:

@@ -200,20 +200,15 @@ class ModelStore:
         self._spawn(self._load_eager(fresh, after=retiring), "load-reloaded")
         return changes
 
-    def stage(self, manifest: Manifest) -> Entry:
+    def stage(self, manifest: Manifest) -> None:
         """A candidate revision of `manifest.id` beside the active one (a previous candidate retires)."""
         self._get(manifest.id)
         self.drop_candidate(manifest.id)
         self._staged += 1
-        entry = self._candidates[manifest.id] = self._entry(manifest, key=f"{manifest.id}@candidate-{self._staged}")
-        return entry
+        self._candidates[manifest.id] = self._entry(manifest, key=f"{manifest.id}@candidate-{self._staged}")
 
     async def load_candidate(self, model_id: str) -> ModelView:
-        entry = self._candidate(model_id)
-        task = await self._loader.start(entry)
-        if task is not None:
-            await asyncio.shield(task)
-        return model_view(entry)
+        return await self._load(self._candidate(model_id))
 
     def promote(self, manifest: Manifest) -> None:
         """The candidate serves the id from the next request on (with `manifest`: the same process
@@ -355,7 +350,9 @@ class ModelStore:
                 self._spawn(self._finish_retired(entry), f"retire-{entry.key}")
 
     async def load(self, model_id: str) -> ModelView:
-        entry = self._get(model_id)
+        return await self._load(self._get(model_id))
+
+    async def _load(self, entry: Entry) -> ModelView:
         task = await self._loader.start(entry)
         if task is not None:
             await asyncio.shield(task)
