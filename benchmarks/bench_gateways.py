@@ -1,6 +1,10 @@
 """Side by side: Konsilium, LiteLLM's proxy and the floor (a bare aiohttp pass-through).
 
-All three stand in front of the same instant upstreams (``benchmarks.fake_upstream``: one that
+Two more columns split the gap between Konsilium and the floor: the same pass-through served
+by uvicorn as a bare ASGI app, and under Litestar (``benchmarks.stack_floor``): what the server
+costs, what the framework adds, and so what Konsilium's own code costs per request.
+
+All of them stand in front of the same instant upstreams (``benchmarks.fake_upstream``: one that
 answers at once, one that trickles a token per millisecond) and are measured in one run, in
 alternating rounds (the order rotates each round), and each figure is the median of the rounds:
 
@@ -100,6 +104,7 @@ class Gateway:
     pid: int = 0
     port: int = 0
     loads: tuple[str, ...] = ()  # the loads it is measured under (none named: all)
+    one_upstream: bool = False  # forwards to one upstream: one process per upstream
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     idle_rss_mb: float = 0.0
     launch_s: list[float] = field(default_factory=list)
@@ -123,18 +128,19 @@ def konsilium_command(extra: str = "") -> Callable[[Path, int, dict[str, int]], 
     return command
 
 
-def floor_command(workdir: Path, port: int, upstreams: dict[str, int]) -> list[str]:
-    # the floor forwards to one upstream; its trickle figure comes from a second floor process
-    upstream = upstreams.get("burst") or upstreams["trickle"]
-    return [
-        sys.executable,
-        "-m",
-        "benchmarks.floor_proxy",
-        "--port",
-        str(port),
-        "--upstream",
-        f"http://{HOST}:{upstream}",
-    ]
+def pass_through_command(module: str, *args: str) -> Callable[[Path, int, dict[str, int]], list[str]]:
+    """The floor and the stack floors forward to one upstream; their trickle figure comes from
+    a second process."""
+
+    def command(workdir: Path, port: int, upstreams: dict[str, int]) -> list[str]:
+        upstream = upstreams.get("burst") or upstreams["trickle"]
+        return [sys.executable, "-m", module, *args, "--port", str(port), "--upstream", f"http://{HOST}:{upstream}"]
+
+    return command
+
+
+def pass_through(name: str, module: str, *args: str) -> Gateway:
+    return Gateway(name, pass_through_command(module, *args), "/health", one_upstream=True)
 
 
 def litellm_command(binary: Path) -> Callable[[Path, int, dict[str, int]], list[str]]:
@@ -318,7 +324,7 @@ def measure(gateways: list[Gateway], rounds: int, seconds: float, workdir: Path)
         upstream_pids = [p.pid for p in psutil.Process().children() if "fake_upstream" in " ".join(p.cmdline())]
         served: dict[str, dict[str, tuple[str, int]]] = {}  # gateway → model → (base URL, pid)
         for gateway in gateways:
-            if gateway.name == "floor":  # the floor forwards to one upstream: one process each
+            if gateway.one_upstream:
                 served[gateway.name] = {
                     model: stack.enter_context(gateway_process(gateway, workdir, {model: port}))
                     for model, port in (("burst", burst), ("trickle", trickle))
@@ -432,7 +438,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each load window")
     parser.add_argument("--litellm", type=Path, default=DEFAULT_LITELLM, help="LiteLLM's proxy command")
-    parser.add_argument("--only", choices=("konsilium", "floor"), help="measure one gateway against the floor")
     return parser.parse_args(argv)
 
 
@@ -442,12 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         print("needs wrk and taskset (make bench-gateways installs wrk)", file=sys.stderr)
         return 1
     gateways = [
-        Gateway("floor", floor_command, "/health"),
+        pass_through("floor", "benchmarks.floor_proxy"),
+        # Konsilium's server and framework with none of Konsilium: the gap to the floor, split
+        pass_through("uvicorn-asgi", "benchmarks.stack_floor", "--framework", "asgi"),
+        pass_through("litestar-route", "benchmarks.stack_floor", "--framework", "litestar"),
         Gateway("konsilium", konsilium_command(), "/ready"),
     ]
     serial = Gateway("konsilium-c1", konsilium_command("    max_concurrency: 1\n"), "/ready", loads=(TRICKLE.name,))
     if args.litellm.exists():
-        gateways.insert(1, Gateway("litellm", litellm_command(args.litellm), "/health/liveliness"))
+        gateways.insert(-1, Gateway("litellm", litellm_command(args.litellm), "/health/liveliness"))
     else:
         print(f"LiteLLM not found at {args.litellm}: measuring without it", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-gateways-") as tmp:
