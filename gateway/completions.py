@@ -9,7 +9,7 @@ back, or is a proper HTTP error) → frame with the door's `Wire`: an SSE stream
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from litestar import Request, Response, post
 
 from gateway import auth, convert, council, observe
 from gateway import protocol as p
+from gateway.encoded import JsonResponse
 from gateway.errors import from_decode_error, too_deep
 from gateway.framing import Answer, ChatResponder, CompletionResponder, Wire
 from gateway.routed import route_headers, route_request
@@ -85,12 +86,12 @@ async def _dispatched(
         collected = await watch.guard(collect(dispatched.first, events))
     finally:
         await events.aclose()
-    return Response(content=wire.body(Answer.of(collected)), media_type="application/json", headers=headers)
+    return JsonResponse(wire.body(Answer.of(collected)), headers)
 
 
 def request_id(request: AnyRequest) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
 
 
 def include_usage(options: p.StreamOptions | None) -> bool:

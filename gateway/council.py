@@ -22,6 +22,7 @@ from litestar import Request, Response
 from gateway import auth, observe
 from gateway import protocol as p
 from gateway.council_text import Lanes, ending, heading
+from gateway.encoded import JsonResponse
 from gateway.errors import to_gateway_error
 from gateway.framing import Answer, Wire, completion_usage
 from gateway.routed import route_request
@@ -74,11 +75,7 @@ async def respond(
         collected = await watch.guard(_collect(events))
         summary = _summary(collected)
         _record(summary)
-        return Response(
-            content=_body(wire, collected, summary),
-            media_type="application/json",
-            headers={**headers, **_answered_headers(summary)},
-        )
+        return JsonResponse(_body(wire, collected, summary), {**headers, **_answered_headers(summary)})
     try:  # until one agent answers: a council that cannot start is an HTTP error, not a stream
         opening = await watch.guard(_opening(events))
     except BaseException:

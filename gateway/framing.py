@@ -8,8 +8,8 @@ place an answer is assembled, whichever API asked.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -133,7 +133,7 @@ class _OpenAIWire:
     id_prefix = ""
 
     def __init__(self, model: str, *, logprobs: bool = False, include_usage: bool = False) -> None:
-        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
+        self.id = f"{self.id_prefix}-{secrets.token_hex(16)}"
         self.created = int(time.time())
         self.model = model
         self._logprobs = logprobs

@@ -18,6 +18,7 @@ from gateway import protocol as p
 from gateway.completions import decode, request_id
 from gateway.embeddings import convert
 from gateway.embeddings.protocol import request_decoder
+from gateway.encoded import JsonResponse
 from gateway.routed import route_request
 from gateway.services import Services
 from gateway.sse import DisconnectWatch
@@ -48,4 +49,4 @@ async def create_embeddings(request: AnyRequest) -> Response[bytes]:
         watch.release()
     answer = convert.response(embedded.embeddings, embedded.target, body.encoding_format)
     headers = {"x-konsilium-model": embedded.target, "x-request-id": record.request_id}
-    return Response(content=p.encoder.encode(answer), media_type="application/json", headers=headers)
+    return JsonResponse(p.encoder.encode(answer), headers)

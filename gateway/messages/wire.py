@@ -13,7 +13,7 @@ events played through this wire, frames unsent.
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
 from typing import Any
 
 from gateway import protocol as p
@@ -39,7 +39,7 @@ class MessagesWire:
     closing = b""
 
     def __init__(self, model: str, prompt_tokens: int) -> None:
-        self.id = f"msg_{uuid.uuid4().hex}"
+        self.id = f"msg_{secrets.token_hex(16)}"
         self.model = model
         self._prompt_tokens = prompt_tokens  # the estimate `message_start` shows; `message_delta` has the count
         self._blocks: list[dict[str, Any]] = []
@@ -64,7 +64,7 @@ class MessagesWire:
             return out + self._delta({"type": "text_delta", "text": event.text}, event.text)
         out = b""
         if event.index != self._call or not self._is_open("tool_use"):
-            call_id = event.id or f"toolu_{uuid.uuid4().hex[:24]}"
+            call_id = event.id or f"toolu_{secrets.token_hex(12)}"
             out = self._begin({"type": "tool_use", "id": call_id, "name": event.name or "", "input": {}})
             self._call = event.index
         if not event.arguments:

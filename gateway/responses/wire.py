@@ -13,8 +13,8 @@ through this wire, frames unsent, so both shapes of one answer agree by construc
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 
 import msgspec
@@ -53,7 +53,7 @@ class ResponsesWire:
     closing = b""
 
     def __init__(self, model: str, request: r.CreateResponse, on_done: OnDone | None = None) -> None:
-        self.id = f"resp_{uuid.uuid4().hex}"
+        self.id = f"resp_{secrets.token_hex(16)}"
         self.created = int(time.time())
         self.model = model
         self.answer = Answer()
@@ -92,7 +92,7 @@ class ResponsesWire:
             return out + self._event("response.output_text.delta", **self._at(), delta=event.text, logprobs=[])
         out = b""
         if event.index != self._call or not isinstance(self._open, r.FunctionCallOutput):
-            call_id = event.id or f"call_{uuid.uuid4().hex[:24]}"
+            call_id = event.id or f"call_{secrets.token_hex(12)}"
             self.answer.add(ToolCallDelta(index=event.index, arguments="", id=call_id))  # the id it was sent with
             out = self._begin(r.FunctionCallOutput(id=self._item_id("fc"), call_id=call_id, name=event.name or ""))
             self._call = event.index
