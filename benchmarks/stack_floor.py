@@ -122,7 +122,8 @@ def litestar_app(upstream: Upstream) -> Any:
             return Response(content=data, status_code=response.status, media_type="application/json")
         return Stream(relayed(response), status_code=response.status, media_type="text/event-stream")
 
-    return Litestar([health, chat], on_startup=[upstream.start], on_shutdown=[upstream.stop])
+    hints = {"Request": Request, "Response": Response, "Stream": Stream}  # imported here: the ASGI one needs none
+    return Litestar([health, chat], on_startup=[upstream.start], on_shutdown=[upstream.stop], signature_namespace=hints)
 
 
 def main(argv: list[str] | None = None) -> int:
