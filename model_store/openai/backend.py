@@ -3,7 +3,7 @@
 A streaming request streams upstream (with usage), a non-streaming one does not; either way
 the answer becomes the same events. A stream is read as it is buffered (one read may hold many
 SSE lines) and split into lines here, not line by line through aiohttp's `readline`: measured,
-that was a third of the relay's own CPU per event. The API key is read from the environment variable
+that was a fifth of the relay's CPU per event. The API key is read from the environment variable
 the config names, at load time, and never logged.
 
 The client is aiohttp: measured against the fake upstream in `benchmarks/`, it costs about
