@@ -2,9 +2,10 @@
 
 Litestar's `Response` becomes an `ASGIResponse` that files every header into a
 `MutableScopeHeaders` (a linear scan per header, then `setdefault`s for the content type and
-length): ~40 µs of CPU per answer with the route headers an inference answer carries, measured
-in-process. The body is already bytes (msgspec encoded it), so the head is the list uvicorn is
-handed, built in one pass.
+length): ~40 µs per answer under cProfile with the route headers an inference answer carries
+(measured without the profiler, this and cheaper ids together: 7 % of a proxied request's CPU).
+The body is already bytes (msgspec encoded it), so the head is the list uvicorn is handed,
+built in one pass.
 """
 
 from __future__ import annotations
