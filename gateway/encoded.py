@@ -1,4 +1,5 @@
-"""`JsonResponse`: an encoded JSON body sent with its head made once.
+"""`JsonResponse`: an encoded JSON body sent with its head made once; `PreparedResponse`, the
+base it shares with the SSE stream's response (each makes its own ASGI app).
 
 Litestar's `Response` becomes an `ASGIResponse` that files every header into a
 `MutableScopeHeaders` (a linear scan per header, then `setdefault`s for the content type and
@@ -23,11 +24,14 @@ from litestar.types import TypeEncodersMap
 JSON = b"application/json"
 
 
-class JsonResponse(Response[bytes]):
+class PreparedResponse(Response[bytes]):
+    """A response that makes its own ASGI app (`prepared`) from its headers merged with the
+    route's: Litestar's one hook for that, `to_asgi_response`, in one place."""
+
     __slots__ = ()
 
-    def __init__(self, body: bytes, headers: Mapping[str, str] | None = None, status_code: int = 200) -> None:
-        super().__init__(content=body, media_type=MediaType.JSON, headers=dict(headers or {}), status_code=status_code)
+    def prepared(self, headers: dict[str, str], *, is_head_response: bool) -> ASGIResponse:
+        raise NotImplementedError
 
     def to_asgi_response(
         self,
@@ -43,10 +47,20 @@ class JsonResponse(Response[bytes]):
         status_code: int | None = None,
         type_encoders: TypeEncodersMap | None = None,
     ) -> ASGIResponse:
-        # the route's headers first, the answer's own win (as Litestar merges them)
+        # the route's headers first, the response's own win (as Litestar merges them)
         merged = {name.lower(): value for name, value in [*(headers or {}).items(), *self.headers.items()]}
+        return self.prepared(merged, is_head_response=is_head_response)
+
+
+class JsonResponse(PreparedResponse):
+    __slots__ = ()
+
+    def __init__(self, body: bytes, headers: Mapping[str, str] | None = None, status_code: int = 200) -> None:
+        super().__init__(content=body, media_type=MediaType.JSON, headers=dict(headers or {}), status_code=status_code)
+
+    def prepared(self, headers: dict[str, str], *, is_head_response: bool) -> ASGIResponse:
         head = [(b"content-type", JSON), (b"content-length", b"%d" % len(self.content))]
-        head += [(name.encode("latin-1"), str(value).encode("latin-1")) for name, value in merged.items()]
+        head += [(name.encode("latin-1"), str(value).encode("latin-1")) for name, value in headers.items()]
         return _Encoded(self.content, self.status_code or 200, head, is_head_response=is_head_response)
 
 

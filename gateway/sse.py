@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from typing import TypeVar
 
-from litestar import Litestar, Request, Response
-from litestar.background_tasks import BackgroundTask, BackgroundTasks
-from litestar.datastructures import Cookie
-from litestar.enums import MediaType
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import Receive, Send, TypeEncodersMap
+from litestar.types import Receive, Send
 
+from gateway.encoded import PreparedResponse
 from gateway.errors import to_gateway_error
 from gateway.framing import Wire
 from konsilium.errors import BackendError, ClientDisconnectedError, GatewayError
@@ -152,7 +149,7 @@ class DisconnectWatch:
         self._task.cancel()
 
 
-class SseResponse(Response[bytes]):
+class SseResponse(PreparedResponse):
     """`text/event-stream` frames sent as they come, watched by the request's `DisconnectWatch`
     (Litestar's `Stream` starts an anyio task group per response to do the same)."""
 
@@ -162,21 +159,8 @@ class SseResponse(Response[bytes]):
         super().__init__(content=b"", media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
         self.frames, self.watch = frames, watch.hand_over()
 
-    def to_asgi_response(
-        self,
-        app: Litestar | None,
-        request: Request[Any, Any, Any],
-        *,
-        background: BackgroundTask | BackgroundTasks | None = None,
-        cookies: Iterable[Cookie] | None = None,
-        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
-        headers: dict[str, str] | None = None,
-        is_head_response: bool = False,
-        media_type: MediaType | str | None = None,
-        status_code: int | None = None,
-        type_encoders: TypeEncodersMap | None = None,
-    ) -> ASGIResponse:
-        return _WatchedStream(self.frames, {**(headers or {}), **self.headers}, self.watch)
+    def prepared(self, headers: dict[str, str], *, is_head_response: bool) -> ASGIResponse:
+        return _WatchedStream(self.frames, headers, self.watch)
 
 
 class _WatchedStream(ASGIStreamingResponse):
