@@ -24,7 +24,7 @@ import msgspec
 from konsilium.errors import InvalidRequestError
 from routing.classifier import SecondOpinion
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules
-from routing.triggers import Hit, TriggerIndex
+from routing.triggers import Trigger, TriggerIndex
 
 CLIP_CHARS = 8_000
 NOT_LETTERS = bytes(c for c in range(128) if not chr(c).isalpha())
@@ -107,12 +107,12 @@ def clip(text: str) -> str:
     return f"{text[:CLIP_CHARS]}\n{text[-CLIP_CHARS:]}"
 
 
-def role_scores(hits: Sequence[Hit]) -> dict[AgentRole, tuple[float, tuple[str, ...]]]:
+def role_scores(triggers: Sequence[Trigger]) -> dict[AgentRole, tuple[float, tuple[str, ...]]]:
     """Each matched role's score (the sum of its triggers' weights) and its triggers' labels."""
     scores: dict[AgentRole, tuple[float, tuple[str, ...]]] = {}
-    for hit in hits:
-        score, labels = scores.get(hit.trigger.role, (0.0, ()))
-        scores[hit.trigger.role] = (score + hit.trigger.weight, (*labels, hit.trigger.label))
+    for trigger in triggers:
+        score, labels = scores.get(trigger.role, (0.0, ()))
+        scores[trigger.role] = (score + trigger.weight, (*labels, trigger.label))
     return scores
 
 

@@ -21,11 +21,11 @@ from typing import Any
 import msgspec
 import Stemmer
 
-from routing.classifier import Opinion, RoleModel, _softmax_opinion, chunk_features, classifier_text
+from routing.classifier import Opinion, RoleModel, _softmax_opinion, chunk_features, classifier_chunks
 from routing.eval import DEFAULT_RULES, ROOT, TRAIN_SETS, Example, load_examples
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules, load_rules
 from routing.text import CYRILLIC_TOKEN, fold
-from routing.triggers import TOKEN, TriggerIndex
+from routing.triggers import TOKEN, TriggerIndex, split_chunks
 
 MODEL_FILE = ROOT / "routing" / "role_model.json"
 MIN_EXAMPLES = 3  # a feature must occur in this many training prompts (2: 0.909, 3: 0.906, a third fewer)
@@ -49,7 +49,7 @@ def translit_stems(examples: Sequence[Example]) -> tuple[str, ...]:
 def features(index: TriggerIndex, text: str) -> Counter[str]:
     """What the classifier sums at decision time: feature counts, once per distinct chunk."""
     counts: Counter[str] = Counter()
-    for chunk in set(classifier_text(text).split()):
+    for chunk in classifier_chunks(split_chunks(text)):
         counts.update(chunk_features(index, chunk))
     return counts
 
