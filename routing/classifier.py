@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import pairwise, repeat
 from pathlib import Path
 from typing import Protocol
 
@@ -34,16 +34,20 @@ from routing.triggers import PUNCT, Chunks, Reading, TriggerIndex
 
 HEAD_CHUNKS = 100  # the classifier reads a long text's head and tail: where a request says what it wants
 TAIL_CHUNKS = 40
-MEMO_SIZE = 50_000  # distinct chunks remembered (a packed integer each), then cleared
+MEMO_SIZE = 100_000  # distinct chunks and pairs remembered (a packed integer each), then cleared
 GRAM = 4  # 5-fold accuracy on the training prompts: readings alone 0.883, with 3-grams 0.887, 4-grams 0.906
-SCALE = 10_000  # weights are stored to 4 decimals: as integers of 1/SCALE they sum exactly
+SCALE = 10_000  # a chunk's weights, summed, as an integer of 1/SCALE (the model stores 4 decimals)
+STEMMED = ("ru", "en")  # the readings a pair feature is made of
 FIELD_BITS = 48  # a role's sum in a packed integer: exact while |sum| < 2**47 / SCALE (1.4e10)
+
+
+Pair = tuple[str, str]  # two neighbouring chunks
 
 
 class RoleModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     roles: tuple[AgentRole, ...]
     bias: tuple[float, ...]
-    weights: dict[str, tuple[float, ...]]  # a feature ("kind:stem" or "g:" + 4-gram) -> one weight per role
+    weights: dict[str, tuple[float, ...]]  # a feature ("kind:stem", "g:" + 4-gram, "p:stem_stem") -> a weight per role
     translit_stems: tuple[str, ...]  # Russian stems transliterated words may be read as (as trained)
     trained_on: dict[str, str]  # data file -> its SHA-256 (the model is stale when they change)
 
@@ -68,10 +72,17 @@ def chunk_features(index: TriggerIndex, chunk: str) -> set[str]:
     for token in index.chunk_tokens(chunk):
         word = token.strip(PUNCT)
         if word:
-            names.update(_grams(translit_key(word)))
+            names.update(_grams(index.translit_key(word)))
         if token.isascii():  # the punctuation keys are letters on the Russian layout: `,tpjgfcyjcnm`
             names.update(_grams(translit_key(swap_layout(token))))
     return names
+
+
+def pair_features(index: TriggerIndex, pair: Pair) -> set[str]:
+    """Two neighbouring chunks' stems side by side (`p:sql_injection`, `p:внедрен_зависим`): the
+    context a word has (5-fold accuracy on the training prompts 0.938 -> 0.942)."""
+    first, second = ({stem for kind, stem in index.chunk_readings(c) if kind in STEMMED} for c in pair)
+    return {f"p:{a}_{b}" for a in first for b in second}
 
 
 def _grams(key: str) -> list[str]:
@@ -86,12 +97,15 @@ def load_model(path: Path) -> RoleModel:
         raise ConfigError([f"routing classifier.file: {path}: {exc}"]) from exc
 
 
-def classifier_chunks(chunks: Chunks) -> set[str]:
-    """The distinct chunks the classifier reads: a long text's first and last ones (the set is
-    the text's own when it is short: read it, never change it)."""
-    if len(chunks.order) <= HEAD_CHUNKS + TAIL_CHUNKS:
-        return chunks.distinct
-    return set(chunks.order[:HEAD_CHUNKS] + chunks.order[-TAIL_CHUNKS:])
+def classifier_reads(chunks: Chunks) -> tuple[set[str], set[Pair]]:
+    """The distinct chunks and neighbouring pairs the classifier reads: a long text's first and
+    last chunks, as one sequence (the chunk set is the text's own when it is short: read it,
+    never change it)."""
+    order = chunks.order
+    if len(order) <= HEAD_CHUNKS + TAIL_CHUNKS:
+        return chunks.distinct, set(pairwise(order))
+    order = order[:HEAD_CHUNKS] + order[-TAIL_CHUNKS:]
+    return set(order), set(pairwise(order))
 
 
 class RoleClassifier:
@@ -102,19 +116,20 @@ class RoleClassifier:
     def __init__(self, model: RoleModel, index: TriggerIndex) -> None:
         self.model = model
         self._index = index
-        self._packed: dict[str, int] = {}  # chunk -> its weights, packed (absent: none known)
-        self._known: set[str] = set()  # every chunk seen, as a set for C-speed differences
+        self._packed: dict[str | Pair, int] = {}  # chunk or pair -> its weights, packed (absent: none known)
+        self._known: set[str | Pair] = set()  # every chunk and pair seen, as a set for C-speed differences
 
     def opinion(self, text: str) -> Opinion | None:
-        chunks = classifier_chunks(self._index.chunks(text))
-        new = chunks - self._known
+        chunks, pairs = classifier_reads(self._index.chunks(text))
+        new = (chunks - self._known) | (pairs - self._known)
         if new:
             if len(self._known) + len(new) > MEMO_SIZE:
                 self.forget()
-                new = chunks
-            for chunk in new:
-                self._remember(chunk)
-        packed = sum(map(self._packed.get, chunks, repeat(0)))  # a chunk it knows nothing of adds 0
+                new = chunks | pairs
+            for key in new:
+                self._remember(key)
+        get = self._packed.get
+        packed = sum(map(get, chunks, repeat(0))) + sum(map(get, pairs, repeat(0)))  # unknown ones add 0
         if not packed:
             return None  # nothing it knows: no opinion rather than its prior
         sums = unpack(packed, len(self.model.roles))
@@ -124,12 +139,13 @@ class RoleClassifier:
         self._packed.clear()
         self._known.clear()
 
-    def _remember(self, chunk: str) -> None:
-        self._known.add(chunk)
+    def _remember(self, key: str | Pair) -> None:
+        self._known.add(key)
         known = self.model.weights
-        rows = [w for name in chunk_features(self._index, chunk) if (w := known.get(name)) is not None]
+        names = chunk_features(self._index, key) if isinstance(key, str) else pair_features(self._index, key)
+        rows = [w for name in names if (w := known.get(name)) is not None]
         if rows:
-            self._packed[chunk] = pack([sum(round(w * SCALE) for w in column) for column in zip(*rows, strict=True)])
+            self._packed[key] = pack([round(math.fsum(column) * SCALE) for column in zip(*rows, strict=True)])
 
 
 def pack(fields: Sequence[int]) -> int:

@@ -134,6 +134,13 @@ class Router:
             self._routing.breaker_failures, self._routing.breaker_cooldown_s):  # fmt: skip
             self.breakers.update({name: b for name, b in old.breakers.items() if name in kept})
 
+    def forget_reading(self) -> None:
+        """Empty what the triggers and the classifier remember of the chunks they have read (the
+        routing benchmark's cold case)."""
+        self.index.forget()
+        if self.classifier is not None:
+            self.classifier.forget()
+
     def forget(self, name: str) -> None:
         """A target that is a new process now (a promoted or rolled-back revision): learn it anew."""
         self.latency.pop(name, None)

@@ -21,7 +21,14 @@ from typing import Any
 import msgspec
 import Stemmer
 
-from routing.classifier import Opinion, RoleModel, _softmax_opinion, chunk_features, classifier_chunks
+from routing.classifier import (
+    Opinion,
+    RoleModel,
+    _softmax_opinion,
+    chunk_features,
+    classifier_reads,
+    pair_features,
+)
 from routing.eval import DEFAULT_RULES, ROOT, TRAIN_SETS, Example, load_examples
 from routing.rules import AGENT_ROLES, AgentRole, RoutingRules, load_rules
 from routing.text import CYRILLIC_TOKEN, fold
@@ -47,10 +54,13 @@ def translit_stems(examples: Sequence[Example]) -> tuple[str, ...]:
 
 
 def features(index: TriggerIndex, text: str) -> Counter[str]:
-    """What the classifier sums at decision time: feature counts, once per distinct chunk."""
+    """What the classifier sums at decision time: feature counts, once per distinct chunk and pair."""
     counts: Counter[str] = Counter()
-    for chunk in classifier_chunks(split_chunks(text)):
+    chunks, pairs = classifier_reads(split_chunks(text))
+    for chunk in chunks:
         counts.update(chunk_features(index, chunk))
+    for pair in pairs:
+        counts.update(pair_features(index, pair))
     return counts
 
 

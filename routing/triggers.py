@@ -79,7 +79,9 @@ class TriggerIndex:
         self._ru = russian or Stemmer.Stemmer("russian").stemWord
         self._en = Stemmer.Stemmer("english")
         compiled = [t for role, spec in rules.roles.items() for t in self._compile(role, spec, rules)]
-        self.triggers = list(dict.fromkeys(compiled))  # `secure` and `security` are one stem: one trigger
+        # `secure` and `security` are one stem: one trigger; ids by weight, then as the rules list them
+        distinct = list(dict.fromkeys(compiled))
+        self.triggers = sorted(distinct, key=lambda t: -t.weight)  # a stable sort
         self._by_anchor: dict[Reading, list[int]] = {}
         for i, trigger in enumerate(self.triggers):
             self._by_anchor.setdefault(trigger.readings[_anchor(trigger)], []).append(i)
@@ -93,6 +95,7 @@ class TriggerIndex:
         self._translit = {translit_key(s): s for s in stems if len(translit_key(s)) >= MIN_TRANSLIT_KEY}
         self._translit_lengths = sorted({len(k) for k in self._translit})
         self.readings_of = lru_cache(maxsize=MEMO_SIZE)(self._readings_of)
+        self.translit_key = lru_cache(maxsize=MEMO_SIZE)(translit_key)  # a word's, asked again by the classifier
         self.token_readings = lru_cache(maxsize=MEMO_SIZE)(self._token_readings)
         self.chunk_readings = lru_cache(maxsize=MEMO_SIZE)(self._chunk_readings)
         self.chunk_tokens = lru_cache(maxsize=MEMO_SIZE)(_tokens)
@@ -115,8 +118,8 @@ class TriggerIndex:
         return chunks
 
     def match(self, text: str) -> tuple[Trigger, ...]:
-        """The triggers in a text, each once (a role's label counts once: its strongest kind), in
-        the order the rules list them."""
+        """The triggers in a text, each once (a role's label counts once: its strongest kind), the
+        strongest first, then in the order the rules list them."""
         # Chunks are remembered as written: lower-casing the whole text would cost more than
         # remembering "Test" and "test" apart (each chunk is folded once, when first seen).
         read = self.chunks(text)
@@ -149,7 +152,13 @@ class TriggerIndex:
         """Empty the per-token memory (the benchmark measures the cold case with it)."""
         for memo in (self._known, self._hot, self._singles, self._anchors, self._carriers, self._windows):
             memo.clear()
-        for cached in (self.readings_of, self.token_readings, self.chunk_readings, self.chunk_tokens):
+        for cached in (
+            self.readings_of,
+            self.translit_key,
+            self.token_readings,
+            self.chunk_readings,
+            self.chunk_tokens,
+        ):
             cached.cache_clear()
 
     def _remember(self, chunk: str) -> None:
@@ -241,7 +250,7 @@ class TriggerIndex:
         for part in SUBWORD.findall(token):  # sitemap.xml, robots.txt: each part, and the whole
             found |= {("term", part), ("en", self._en.stemWord(part))}
         word = token.strip(PUNCT)
-        key = translit_key(word)
+        key = self.translit_key(word)
         for size in self._translit_lengths:
             if size > len(key):
                 break

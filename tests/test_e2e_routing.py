@@ -80,10 +80,11 @@ def test_a_role_goes_to_its_own_model(routed: Server) -> None:
     assert reply.json()["model"] == "sec"
     assert reply.headers["x-konsilium-model"] == "sec"
     assert reply.headers["x-konsilium-role"] == "security"
-    assert reply.headers["x-konsilium-route"] == "trigger:" + quote("провер уязвим")
+    assert reply.headers["x-konsilium-route"] == "classifier:" + quote("провер уязвим")
     assert reply.headers["x-konsilium-matched"] == f"{quote('провер уязвим')},{quote('уязвим')}"
     assert reply.headers["x-konsilium-fallbacks"] == ""
-    assert (reply.headers["x-konsilium-role-source"], reply.headers["x-konsilium-role-margin"]) == ("trigger", "1")
+    assert reply.headers["x-konsilium-role-source"] == "classifier"
+    assert 0.5 < float(reply.headers["x-konsilium-role-margin"]) <= 1
 
 
 @pytest.mark.parametrize(
@@ -176,16 +177,17 @@ def explain(server: Server, text: str, model: str = "auto") -> dict[str, Any]:
 
 
 def test_explain_without_generating(routed: Server) -> None:
-    assert explain(routed, "проверь уязвимости в этом коде") == {
+    explained = explain(routed, "проверь уязвимости в этом коде")
+    assert 0.5 < explained.pop("margin") <= 1  # the classifier's probability lead
+    assert explained == {
         "role": "security",
-        "source": "trigger",
-        "margin": 1.0,
+        "source": "classifier",
         "language": "ru",
         "matched": ["провер уязвим", "уязвим"],
         "target": {"model": "sec", "adapter": None},
         "fallbacks": ["general"],
         "skipped": [],
-        "reason": "trigger:провер уязвим",
+        "reason": "classifier:провер уязвим",
     }
     by_classifier = explain(routed, "the page jumps around while it loads and people tap the wrong thing")
     assert (by_classifier["source"], by_classifier["matched"]) == ("classifier", [])

@@ -176,7 +176,7 @@ def test_metrics_move_with_real_requests(client: TestClient[Any]) -> None:
     assert moved("konsilium_requests_total", model="smol", role="qa", status="200", stream="false") == 1
     assert moved("konsilium_requests_total", model="", role="", status="400", stream="false") == 1
     assert moved("konsilium_fallbacks_total", target="dead", error="model_unavailable") == 1
-    assert moved("konsilium_routing_decisions_total", role="qa", source="trigger", language="ru") == 1
+    assert moved("konsilium_routing_decisions_total", role="qa", source="classifier", language="ru") == 1
     assert moved("konsilium_time_to_first_token_seconds_count", model="smol") == 1
     assert moved("konsilium_time_per_output_token_seconds_count", model="smol") == 1
     assert moved("konsilium_request_duration_seconds_count", model="smol", stream="false") == 1

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 
+import msgspec
 import pytest
 
-from routing.classifier import HEAD_CHUNKS, TAIL_CHUNKS, classifier_chunks
+from routing.classifier import HEAD_CHUNKS, TAIL_CHUNKS, classifier_reads
 from routing.eval import HELDOUT_SET, ROOT, SUBSETS, TRAIN_SETS, by_subset, decider, load_examples, naive_router, score
 from routing.roles import RoleDecision, resolve_role
 from routing.router import DEFAULT_RULES, role_readers
@@ -92,11 +93,32 @@ def test_the_same_words_outside_those_phrases_still_count(text: str, role: str) 
     assert route(text).role == role
 
 
-def test_the_margin_is_the_winners_lead_as_a_share_of_its_score() -> None:
-    alone = route("проверь уязвимости в этом коде")
+def triggers_only(text: str) -> RoleDecision:
+    return resolve_role(RULES, INDEX, header=None, model="auto", user_text=text, system_text="")
+
+
+def test_the_triggers_margin_is_the_winners_lead_as_a_share_of_its_score() -> None:
+    alone = triggers_only("проверь уязвимости в этом коде")
     assert (alone.role, alone.source, alone.margin) == ("security", "trigger", 1.0)
-    without = resolve_role(RULES, INDEX, header=None, model="auto", user_text="напиши тесты на XSS", system_text="")
-    assert (without.role, without.source, without.margin) == ("security", "trigger", 0.5)  # xss 2 vs тест 1
+    assert alone.matched == ("провер уязвим", "уязвим")  # the strongest first: a phrase, then a word
+    opposed = triggers_only("напиши тесты на XSS")
+    assert (opposed.role, opposed.source, opposed.margin) == ("security", "trigger", 0.5)  # xss 2 vs тест 1
+
+
+def test_the_classifier_is_asked_first_and_shows_the_triggers_that_agree() -> None:
+    """The shipped thresholds ask the classifier first (`below_margin: 1.0`: chosen on the
+    training sets, out of fold); its margin is its probability lead."""
+    decision = route("проверь уязвимости в этом коде")
+    assert (decision.role, decision.source, decision.matched) == ("security", "classifier", ("провер уязвим", "уязвим"))
+    assert 0.5 < decision.margin <= 1.0
+    unsure_rules = msgspec.structs.replace(
+        RULES, classifier=msgspec.structs.replace(RULES.classifier, min_confidence=1.0)
+    )
+    unsure = resolve_role(
+        unsure_rules, INDEX, header=None, model="auto", user_text="напиши тесты на XSS", system_text="",
+        classifier=CLASSIFIER,
+    )  # fmt: skip
+    assert (unsure.role, unsure.source, unsure.margin) == ("security", "trigger", 0.5)  # too unsure: the triggers'
 
 
 def test_no_trigger_falls_to_the_classifier_and_it_reports_its_confidence() -> None:
@@ -118,9 +140,12 @@ def test_without_a_classifier_no_trigger_is_the_default() -> None:
 
 def test_the_classifier_reads_the_head_and_tail_of_a_long_text() -> None:
     words = [f"w{i}" for i in range(500)]
-    read = classifier_chunks(split_chunks(" ".join(words)))
-    assert read == set(words[:HEAD_CHUNKS]) | set(words[-TAIL_CHUNKS:])
-    assert classifier_chunks(split_chunks("fix ```def test_x(): pass``` this")) == {"fix", "this"}
+    chunks, pairs = classifier_reads(split_chunks(" ".join(words)))
+    assert chunks == set(words[:HEAD_CHUNKS]) | set(words[-TAIL_CHUNKS:])
+    read = words[:HEAD_CHUNKS] + words[-TAIL_CHUNKS:]
+    assert pairs == {(read[i], read[i + 1]) for i in range(len(read) - 1)}
+    assert ("w99", "w460") in pairs  # the head and the tail are read as one sequence
+    assert classifier_reads(split_chunks("fix ```def test_x(): pass``` this")) == ({"fix", "this"}, {("fix", "this")})
 
 
 def test_the_shipped_model_was_trained_on_the_training_sets_as_they_are() -> None:
@@ -147,8 +172,8 @@ def test_held_out_figures() -> None:
     predicted = [decide(e).role for e in examples]
     ours = score(examples, predicted)
     naive = score(examples, [naive_router(RULES)(e) for e in examples])
-    assert ours.macro_f1 >= 0.95, ours  # seen: 0.960 (the target, 0.97, is not met yet)
-    assert min(f1 for _, _, f1 in ours.per_role.values()) >= 0.93, ours.per_role
+    assert ours.macro_f1 >= 0.97, ours  # seen: 0.978
+    assert min(f1 for _, _, f1 in ours.per_role.values()) >= 0.93, ours.per_role  # seen: architect 0.953
     assert ours.macro_f1 - naive.macro_f1 >= 0.3
     subsets = by_subset(examples, predicted)
     assert set(subsets) == set(SUBSETS)
