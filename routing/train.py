@@ -22,11 +22,13 @@ import msgspec
 import Stemmer
 
 from routing.classifier import (
+    SCALE,
     Opinion,
     RoleModel,
     _softmax_opinion,
     chunk_features,
     classifier_reads,
+    pack,
     pair_features,
 )
 from routing.eval import DEFAULT_RULES, ROOT, TRAIN_SETS, Example, load_examples
@@ -132,9 +134,9 @@ class Trainer:
         fitted = self.fit(c, self.rows, self.labels)
         weights = {}
         for j, name in enumerate(self.names):
-            column = [round(float(w), 4) for w in fitted.coef[:, j]]
-            if any(column):
-                weights[name] = tuple(column)
+            packed = pack([round(float(w) * SCALE) for w in fitted.coef[:, j]])
+            if packed:
+                weights[name] = packed
         return RoleModel(
             roles=fitted.roles,
             bias=tuple(round(float(b), 4) for b in fitted.intercept),
