@@ -11,7 +11,8 @@ words: they are more specific); the highest score wins, a tie goes to the role w
 winner's lead over the runner-up as a share of its score (1.0: no other role matched). The
 triggers decide alone when the margin is above `classifier.below_margin` and the score reaches
 `classifier.trust_score` (a phrase or a term, not one lone word); otherwise the classifier is
-asked.
+asked. The shipped `below_margin: 1.0` asks it always (chosen on out-of-fold opinions of the
+training prompts); a classifier decision still names the triggers of its role that matched.
 """
 
 from __future__ import annotations

@@ -61,10 +61,14 @@ def test_auto_mode_calls_the_tool_a_question_needs(client: openai.OpenAI) -> Non
 
 
 def test_auto_mode_answers_in_text_when_no_tool_is_needed(client: openai.OpenAI) -> None:
+    """No call is forced: the answer is text. (Whether SmolLM2 ends its haiku within 60 tokens
+    depends on the CPU's arithmetic: on AVX-512 machines it writes on to the limit.)"""
     reply = client.chat.completions.create(
         model=MODEL_ID, messages=HAIKU_ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=60
     )
-    assert "sea" in text_answer(reply)
+    choice = reply.choices[0]
+    assert (choice.finish_reason in ("stop", "length"), choice.message.tool_calls) == (True, None)
+    assert "sea" in (choice.message.content or "")
 
 
 def test_streamed_auto_call_deltas_follow_the_spec(server: Server) -> None:

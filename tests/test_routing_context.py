@@ -13,9 +13,9 @@ import hashlib
 import msgspec
 import pytest
 
-from routing.classifier import HEAD_CHUNKS, TAIL_CHUNKS, classifier_reads
+from routing.classifier import HEAD_CHUNKS, TAIL_CHUNKS, classifier_reads, pack, unpack
 from routing.eval import HELDOUT_SET, ROOT, SUBSETS, TRAIN_SETS, by_subset, decider, load_examples, naive_router, score
-from routing.roles import RoleDecision, resolve_role
+from routing.roles import RoleDecision, resolve_role, role_scores
 from routing.router import DEFAULT_RULES, role_readers
 from routing.rules import load_rules
 from routing.triggers import split_chunks
@@ -178,3 +178,29 @@ def test_held_out_figures() -> None:
     subsets = by_subset(examples, predicted)
     assert set(subsets) == set(SUBSETS)
     assert min(s.macro_f1 for s in subsets.values()) >= 0.9, subsets
+
+
+def test_a_label_counts_once_as_its_strongest_kind() -> None:
+    """`mock` is a qa term (2) and a qa word (1): an exact `mock` counts as the term, once; a
+    `mocking` only as the word."""
+    assert role_scores(INDEX.match("mock the client")) == {"qa": (2.0, ("mock",))}
+    assert role_scores(INDEX.match("mocking the client, mock it")) == {"qa": (2.0, ("mock",))}
+    assert role_scores(INDEX.match("mocking the client")) == {"qa": (1.0, ("mock",))}
+
+
+def test_a_text_matches_the_same_remembered_or_not() -> None:
+    """The chunk and window memories are invisible: the same text, the same triggers, after a
+    forget too; a phrase at the very start of a text (a window with no chunk before it) counts."""
+    text = "dependency injection in FastAPI, and the injection of SQL is another matter: sql injection"
+    first = INDEX.match(text)
+    assert INDEX.match(text) == first
+    INDEX.forget()
+    assert INDEX.match(text) == first
+    assert {t.label for t in first} == {"depend inject", "sql inject", "inject"}  # the last is free
+
+
+@pytest.mark.parametrize("fields", [[0] * 7, [1, -1, 2, -2, 3, -3, 0], [-(2**46), 2**46 - 1, -1, 0, 5, -7, 12345]])
+def test_packed_weights_unpack_to_their_fields_and_sum_as_fields_do(fields: list[int]) -> None:
+    assert unpack(pack(fields), 7) == fields
+    others = [7, -8, 9, -10, 11, -12, 13]
+    assert unpack(pack(fields) + pack(others), 7) == [a + b for a, b in zip(fields, others, strict=True)]

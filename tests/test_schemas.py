@@ -142,3 +142,11 @@ def test_bounds_a_grammar_cannot_unroll_are_refused(schema: dict[str, object], v
     with pytest.raises(GenerationFailure) as caught:
         json_grammar({"type": "object", "properties": {"a": schema}}, "tools[0].function.parameters", vocab)
     assert (caught.value.kind, caught.value.param) == ("invalid", "tools[0].function.parameters")
+
+
+@pytest.mark.parametrize("schema", [{"type": "object"}, {"type": "object", "properties": {"a": {"type": "string"}}}])
+def test_a_string_holds_no_raw_control_character(schema: dict[str, object], vocab: object) -> None:
+    """The converter's own `char` lets a raw newline into a string, and an answer that stops
+    there does not parse; llama.cpp's own `json.gbnf` excludes them as this does."""
+    rules = dict(line.split(" ::= ", 1) for line in grammar_text(schema, vocab).splitlines() if " ::= " in line)
+    assert rules["char"].startswith('[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" ')

@@ -37,6 +37,9 @@ MAX_UNROLL = 256
 BOUNDS = (("minLength", "maxLength"), ("minItems", "maxItems"))
 QUANTIFIER = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 JSON_OBJECT: dict[str, object] = {"type": "object"}  # json_object: any object, spaced as schemas are
+# A string's character as JSON has it. The converter's own (`[^"\\]`) lets a raw newline or
+# another control character into a string: an answer that stops there does not parse.
+JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ _init_grammar_lazy_patterns.restype = llama_sampler_p_ctypes
 def json_grammar(schema: dict[str, object] | None, param: str, vocab: Vocab) -> Grammar:
     converter = _converter()
     _visit(converter, schema if schema is not None else JSON_OBJECT, "", param)
-    return Grammar(converter.format_grammar()).check(vocab, param)
+    return Grammar(_text(converter)).check(vocab, param)
 
 
 def tool_calls_grammar(
@@ -134,13 +137,21 @@ def tool_calls_grammar(
         one = f"{trigger} {nl} space call {nl} {close}"
         root = f"{one} ({nl} {one})*" if many else one
     converter._add_rule("root", root)
-    text = converter.format_grammar()
+    text = _text(converter)
     if not lazy:
         return Grammar(text).check(vocab, "tools")
     escaped = re.escape(syntax.trigger)
     pattern = rf"\s*({escaped})[\s\S]*" if syntax.at_start else rf"[\s\S]*?({escaped})[\s\S]*"
     tokens = (trigger_token,) if trigger_token is not None else ()
     return Grammar(text, lazy_patterns=(pattern,), lazy_tokens=tokens).check(vocab, "tools")
+
+
+def _text(converter: SchemaConverter) -> str:
+    """The grammar, with JSON's own string character (no raw control characters)."""
+    rules: dict[str, str] = converter._rules
+    if "char" in rules:
+        rules["char"] = JSON_CHAR
+    return str(converter.format_grammar())
 
 
 def _converter() -> SchemaConverter:
