@@ -12,9 +12,9 @@ model is multinomial logistic regression plus a fifth of Complement Naive Bayes 
 both are linear in the counts), trained offline by `python -m routing.train` from the
 labelled sets in `tests/data/` (never the held-out split) and shipped as `routing/role_model.json`:
 a weight per role for each kept reading. Deciding is pure and needs no library: each distinct
-chunk's weights are summed once and remembered (one packed integer), and the classifier reads
-the chunks the triggers have just split, so a text costs a set difference, a set intersection
-and one C-level sum over the chunks it knows.
+chunk's (and pair's) weights are summed once and remembered as one packed integer, and the
+classifier reads the chunks the triggers have just split, so a text costs two set differences
+and two C-level sums.
 """
 
 from __future__ import annotations
@@ -110,15 +110,17 @@ def classifier_reads(chunks: Chunks) -> tuple[set[str], set[Pair]]:
 
 
 class RoleClassifier:
-    """Each distinct chunk's weights, summed over its features, are remembered as one integer that
-    packs a fixed-point sum per role (`FIELD_BITS` each), so a text's totals for every role are one
-    C-level `sum` over its chunks — exact, whatever the order."""
+    """Each distinct chunk's (and pair's) weights, summed over its features, are remembered as one
+    integer that packs a fixed-point sum per role (`FIELD_BITS` each) and, in the field after,
+    a 1 (it knows the chunk), so a text's totals for every role and the count of chunks it knows
+    are one C-level `sum` — exact, whatever the order."""
 
     def __init__(self, model: RoleModel, index: TriggerIndex) -> None:
         self.model = model
         self._index = index
         self._packed: dict[str | Pair, int] = {}  # chunk or pair -> its weights, packed (absent: none known)
         self._known: set[str | Pair] = set()  # every chunk and pair seen, as a set for C-speed differences
+        self._one_known = 1 << (FIELD_BITS * len(model.roles))
 
     def opinion(self, text: str) -> Opinion | None:
         chunks, pairs = classifier_reads(self._index.chunks(text))
@@ -131,9 +133,9 @@ class RoleClassifier:
                 self._remember(key)
         get = self._packed.get
         packed = sum(map(get, chunks, repeat(0))) + sum(map(get, pairs, repeat(0)))  # unknown ones add 0
-        if not packed:
+        *sums, known = unpack(packed, len(self.model.roles) + 1)
+        if not known:
             return None  # nothing it knows: no opinion rather than its prior
-        sums = unpack(packed, len(self.model.roles))
         return _softmax_opinion(self.model.roles, [b + w / SCALE for b, w in zip(self.model.bias, sums, strict=True)])
 
     def forget(self) -> None:
@@ -143,9 +145,9 @@ class RoleClassifier:
     def _remember(self, key: str | Pair) -> None:
         self._known.add(key)
         names = chunk_features(self._index, key) if isinstance(key, str) else pair_features(self._index, key)
-        packed = sum(map(self.model.weights.get, names, repeat(0)))
-        if packed:
-            self._packed[key] = packed
+        weights = [w for name in names if (w := self.model.weights.get(name)) is not None]
+        if weights:
+            self._packed[key] = sum(weights) + self._one_known  # the field after the roles' counts these
 
 
 def pack(fields: Sequence[int]) -> int:
@@ -154,6 +156,7 @@ def pack(fields: Sequence[int]) -> int:
 
 
 def unpack(packed: int, count: int) -> list[int]:
+    """The first `count` fields of a packed integer, lowest first."""
     fields = []
     for _ in range(count):
         field = packed & _FIELD_MASK

@@ -33,6 +33,7 @@ MIN_TRANSLIT_KEY = 4
 MEMO_SIZE = 200_000  # distinct chunks (and tokens) remembered; cleared when full
 _NONE: frozenset[str] = frozenset()
 NEAR = 2  # a phrase is looked for this many chunks either side of its anchor
+WINDOWS_SIZE = 20_000  # phrase windows remembered (~0.3 KB each), then cleared
 
 Reading = tuple[str, str]  # ("ru" | "en" | "term", stem or term)
 Spelled = tuple[tuple[int, tuple[int, ...]], ...]  # (phrase id, the window's chunks it covers) ...
@@ -197,7 +198,7 @@ class TriggerIndex:
     def _spell(self, center: int, window: tuple[str, ...]) -> Spelled:
         """The phrases anchored in a window's centre chunk that its tokens spell, each with the
         window's chunks it covers (remembered: a text's windows recur as its chunks do)."""
-        if len(self._windows) >= MEMO_SIZE:
+        if len(self._windows) >= WINDOWS_SIZE:
             self._windows.clear()
         near = [self.token_readings(c) for c in window]
         tokens = [readings for chunk_tokens in near for readings in chunk_tokens]

@@ -204,3 +204,10 @@ def test_packed_weights_unpack_to_their_fields_and_sum_as_fields_do(fields: list
     assert unpack(pack(fields), 7) == fields
     others = [7, -8, 9, -10, 11, -12, 13]
     assert unpack(pack(fields) + pack(others), 7) == [a + b for a, b in zip(fields, others, strict=True)]
+
+
+def test_a_text_the_classifier_knows_nothing_of_gets_no_opinion() -> None:
+    """No opinion rather than its prior (which would name the default role with some confidence)."""
+    assert CLASSIFIER is not None
+    assert CLASSIFIER.opinion("🙂 🙂 — ¿¡") is None
+    assert CLASSIFIER.opinion("how do I store passwords") is not None
